@@ -1,0 +1,1 @@
+from selfsup._version import __version__  # noqa: F401

@@ -1,0 +1,213 @@
+"""``selfsup`` command line: train, eval, methods, export, quickstart, config.
+
+Run ``selfsup COMMAND --help`` for each command's options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from selfsup.errors import ConfigError, SelfsupError
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from selfsup.config import load_config
+    from selfsup.train import Trainer
+
+    cfg = load_config(args.method, args.config, args.overrides)
+    result = Trainer(cfg, resume=args.resume).fit()
+    from selfsup.train.distributed import is_main_process
+
+    if is_main_process():
+        print(
+            f"done: {result.steps} steps, final loss {result.final_loss:.4f}, "
+            f"{result.images_per_second:.0f} images/s"
+        )
+        print(f"run directory: {result.run_dir}")
+        print(f"encoder:       {result.encoder_path}")
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from selfsup.config import dump_config, load_config
+
+    print(dump_config(load_config(args.method, args.config, args.overrides)), end="")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from selfsup.evaluate import evaluate_encoder, load_eval_data
+
+    data = load_eval_data(
+        args.data,
+        train_split=args.train_split,
+        test_split=args.test_split,
+        test_source=args.test_data,
+        root=args.root,
+        image_size=args.image_size,
+        train_subset=args.train_subset,
+        test_subset=args.test_subset,
+        seed=args.seed,
+    )
+    protocols = ("knn", "linear") if args.protocol == "all" else (args.protocol,)
+    rows = []
+    for spec in args.encoders:
+        result = evaluate_encoder(
+            spec,
+            data,
+            protocols=protocols,
+            device=args.device,
+            knn_k=tuple(args.k),
+            knn_temperature=args.temperature,
+            linear_epochs=args.epochs,
+            linear_lr=args.lr,
+            linear_batch_norm=not args.no_batch_norm,
+            seed=args.seed,
+        )
+        result["data"] = data.key
+        rows.append(result)
+        if result.get("method") != "random" and Path(spec).is_dir():
+            _append_eval(Path(spec), result)
+    _print_rows(rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _append_eval(run_dir: Path, result: dict) -> None:
+    with open(run_dir / "eval.jsonl", "a") as f:
+        f.write(json.dumps(result) + "\n")
+
+
+def _print_rows(rows: list[dict]) -> None:
+    metric_keys = [k for k in rows[0] if k.startswith(("knn@", "linear_top1"))]
+    header = f"{'encoder':<40} " + " ".join(f"{k:>12}" for k in metric_keys)
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['label'][:40]:<40} " + " ".join(f"{r[k]:>12.4f}" for k in metric_keys))
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from selfsup.methods import list_methods
+
+    for cls in list_methods():
+        print(f"{cls.name:<12} {cls.family:<14} {cls.description}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from selfsup.export import export_encoder
+
+    paths = export_encoder(args.encoder, args.out, fmt=args.format)
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from selfsup.quickstart import run_quickstart
+
+    run_quickstart(out_dir=args.out_dir, minutes=args.minutes, device=args.device)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="selfsup", description="Self-supervised pretraining and evaluation of image encoders."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="pretrain an encoder with a method")
+    p.add_argument("method", help="method name (see `selfsup methods`)")
+    p.add_argument("--config", help="recipe name or YAML file (default: <method>_default)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("config", help="print the resolved config of a run without running it")
+    p.add_argument("method")
+    p.add_argument("--config")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("eval", help="evaluate encoders on labeled data")
+    p.add_argument("protocol", choices=["knn", "linear", "all"])
+    p.add_argument(
+        "encoders",
+        nargs="+",
+        help="run dirs, checkpoint dirs, encoder .safetensors files, or random:SPEC",
+    )
+    p.add_argument("--data", default="cifar10", help="labeled dataset (name, .npz or folder)")
+    p.add_argument("--test-data", help="test split source when it is another file/folder")
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--test-split", default="test")
+    p.add_argument("--root", help="data root for named datasets (default $SELFSUP_DATA)")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--train-subset", type=int)
+    p.add_argument("--test-subset", type=int)
+    p.add_argument("--k", type=int, nargs="+", default=[200, 20])
+    p.add_argument("--temperature", type=float, default=0.1)
+    p.add_argument("--epochs", type=int, default=100, help="linear probe epochs")
+    p.add_argument("--lr", type=float, default=0.1, help="linear probe learning rate")
+    p.add_argument(
+        "--no-batch-norm",
+        action="store_true",
+        help="linear probe without BatchNorm (no affine) before the linear layer",
+    )
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the results as JSON here")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("methods", help="list the available methods")
+    p.set_defaults(func=_cmd_methods)
+
+    p = sub.add_parser("export", help="export an encoder for downstream use")
+    p.add_argument("encoder", help="run dir, checkpoint dir or encoder .safetensors")
+    p.add_argument("--out", required=True, help="output file (.safetensors or .pt)")
+    p.add_argument(
+        "--format",
+        choices=["selfsup", "torchvision", "timm"],
+        default="selfsup",
+        help="selfsup: safetensors + json; torchvision/timm: the library's key names",
+    )
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("quickstart", help="a few minutes: SimCLR on CIFAR-10 vs a random encoder")
+    p.add_argument("--out-dir", default="runs/quickstart")
+    p.add_argument("--minutes", type=float, default=3.0, help="approximate training budget")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_quickstart)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # key=value overrides may come before or after options like --resume
+        stray = [u for u in unknown if u.startswith("-") or "=" not in u]
+        if stray or not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(stray or unknown)}")
+        args.overrides = [*args.overrides, *unknown]
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"selfsup: {err}", file=sys.stderr)
+        return 2
+    except (SelfsupError, FileNotFoundError, ValueError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"selfsup: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("selfsup: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

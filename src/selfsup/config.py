@@ -1,0 +1,348 @@
+"""Typed, strict run configuration.
+
+A run is described by one :class:`RunConfig`, built from a recipe (YAML), a user file and
+``key=value`` overrides, in that order. Every section forbids unknown keys, so a typo is an error
+that names the key (with a did-you-mean) before any work starts.
+
+Example::
+
+    cfg = load_config("simclr", recipe="simclr_cifar10_cpu", overrides=["train.epochs=2"])
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from selfsup.errors import ConfigError
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    """Where the unlabeled training images come from."""
+
+    source: str = "cifar10"
+    """A dataset name (cifar10, digits, ...), an ``.npz`` file or an image folder."""
+    split: str = "train"
+    root: str | None = None
+    """Root for named datasets; defaults to ``$SELFSUP_DATA`` then ``./data``."""
+    image_size: int | None = Field(default=None, gt=0)
+    """Resolution images are decoded to (folders) or resized to; None keeps the source's."""
+    subset: int | None = Field(default=None, gt=0)
+    """Use a seeded random subset of this many images."""
+    cache_dir: str | None = None
+    download: bool = False
+    grayscale: bool = False
+
+
+class EvalDataConfig(Section):
+    """Labeled train/test splits used by the online kNN monitor and by evaluation."""
+
+    source: str | None = None
+    """Labeled dataset; None means the training source (when it has labels)."""
+    train_split: str = "train"
+    test_split: str = "test"
+    train_subset: int | None = Field(default=None, gt=0)
+    test_subset: int | None = Field(default=None, gt=0)
+
+
+class BackboneConfig(Section):
+    """The encoder. Options left unset (None) take the backbone's own defaults."""
+
+    name: str = "resnet18"
+    stem: Literal["cifar", "imagenet"] | None = None
+    """ResNet stem: cifar (3x3 conv, no max-pool; the default) or imagenet (7x7/2 + max-pool)."""
+    width: float | None = Field(default=None, gt=0)
+    """ResNet channel multiplier."""
+    patch_size: int | None = Field(default=None, gt=0)
+    pos_embed: Literal["sincos", "learned"] | None = None
+    drop_path_rate: float | None = Field(default=None, ge=0, lt=1)
+    pretrained: bool = False
+    """torchvision/timm backbones only: start from the library's published weights."""
+
+    def build_kwargs(self, image_size: int, in_channels: int) -> dict[str, Any]:
+        """Keyword arguments for :func:`selfsup.backbones.build_backbone` of this family."""
+        name = self.name
+        if name.startswith(("torchvision:", "timm:")):
+            return {"pretrained": True} if self.pretrained else {}
+        if name.startswith("resnet"):
+            kwargs: dict[str, Any] = {"stem": self.stem, "width": self.width}
+        elif name.startswith("vit"):
+            kwargs = {
+                "image_size": image_size,
+                "patch_size": self.patch_size,
+                "pos_embed": self.pos_embed,
+                "drop_path_rate": self.drop_path_rate,
+            }
+        else:
+            kwargs = {}
+        kwargs["in_channels"] = in_channels
+        return {k: v for k, v in kwargs.items() if v is not None}
+
+
+class OptimizerConfig(Section):
+    name: Literal["sgd", "lars", "adamw"] = "sgd"
+    lr: float | None = Field(default=None, gt=0)
+    """Absolute peak learning rate. When None, ``base_lr * global_batch / 256``."""
+    base_lr: float = Field(default=0.3, gt=0)
+    weight_decay: float = Field(default=1e-6, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    betas: tuple[float, float] = (0.9, 0.999)
+    nesterov: bool = False
+    trust_coefficient: float = Field(default=0.001, gt=0)
+    """LARS trust ratio coefficient."""
+    exclude_norm_and_bias: bool = True
+    """No weight decay (and no LARS adaptation) on norm layers and biases."""
+
+
+class ScheduleConfig(Section):
+    name: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: float = Field(default=0.0, ge=0)
+    final_lr_fraction: float = Field(default=0.0, ge=0, le=1)
+
+
+class KnnMonitorConfig(Section):
+    every_epochs: int = Field(default=0, ge=0)
+    """0 disables the monitor."""
+    k: int = Field(default=200, gt=0)
+    temperature: float = Field(default=0.1, gt=0)
+
+
+class TrainConfig(Section):
+    epochs: float = Field(default=10, gt=0)
+    max_steps: int | None = Field(default=None, gt=0)
+    """Stop after this many optimizer steps (overrides epochs when smaller)."""
+    batch_size: int = Field(default=256, gt=0)
+    """Global batch size (split evenly over processes)."""
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"
+    """``auto``: on for CUDA and bf16-capable CPUs (it slows fp32 convolutions on AVX2 CPUs)."""
+    compile: bool = False
+    grad_clip: float | None = Field(default=None, gt=0)
+    device: str = "auto"
+    num_threads: int | None = Field(default=None, gt=0)
+    checkpoint_every_epochs: float = Field(default=1.0, gt=0)
+    checkpoint_every_steps: int | None = Field(default=None, gt=0)
+    keep_last: int = Field(default=2, gt=0)
+    log_every_steps: int = Field(default=10, gt=0)
+    progress: bool = True
+    tensorboard: bool = True
+    knn_monitor: KnnMonitorConfig = KnnMonitorConfig()
+    sync_batchnorm: bool = True
+    """Under DDP, normalise with statistics of the global batch (as one process would)."""
+
+
+class RunConfig(Section):
+    method: str = "simclr"
+    seed: int = 0
+    out_dir: str = "runs/{method}"
+    data: DataConfig = DataConfig()
+    eval_data: EvalDataConfig = EvalDataConfig()
+    backbone: BackboneConfig = BackboneConfig()
+    augment: str | None = None
+    """View pipeline preset (``selfsup.augment.list_pipelines()``); None = the method's own."""
+    normalize: Literal["imagenet", "cifar10", "none"] = "cifar10"
+    train: TrainConfig = TrainConfig()
+    method_args: dict[str, Any] = Field(default_factory=dict)
+    """Method-specific options, validated by the method's own config class."""
+
+    def method_config(self) -> BaseModel:
+        from selfsup.methods import get_method
+
+        return get_method(self.method).Config.model_validate(self.method_args)
+
+    def resolved_out_dir(self) -> Path:
+        return Path(self.out_dir.format(method=self.method))
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _parse_value(text: str) -> Any:
+    """Parse an override's value with YAML rules (``1e-3`` -> float, ``true`` -> bool, ...)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str) and _looks_like_float(value):
+        return float(value)
+    return value
+
+
+def _looks_like_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[keys[-1]] = value
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_recipe(name_or_path: str) -> Path:
+    """A recipe name (``simclr_cifar10_cpu``) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in {".yaml", ".yml"} or path.exists():
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        return path
+    candidate = RECIPES_DIR / f"{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
+    known = list_recipes()
+    hint = difflib.get_close_matches(name_or_path, known, n=1)
+    msg = f"unknown recipe {name_or_path!r}"
+    msg += f"; did you mean {hint[0]!r}?" if hint else f"; known recipes: {', '.join(known)}"
+    raise ConfigError(msg)
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def config_from_dict(data: dict[str, Any], *, source: str = "config") -> RunConfig:
+    """Validate a nested dict, turning pydantic's errors into one readable :class:`ConfigError`."""
+    from selfsup.methods import get_method
+
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, data, source)) from None
+    try:
+        method_cls = get_method(cfg.method)
+    except KeyError as err:
+        raise ConfigError(f"{source}: method: {err.args[0]}") from None
+    try:
+        method_cls.Config.model_validate(cfg.method_args)
+    except ValidationError as err:
+        raise ConfigError(
+            format_validation_error(err, data, source, prefix=("method_args",))
+        ) from None
+    return cfg
+
+
+def load_config(
+    method: str | None = None,
+    config_file: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> RunConfig:
+    """Build a run config: defaults < recipe/config file < ``key=value`` overrides.
+
+    ``method`` sets ``method`` (and, if no file is given and a recipe ``<method>_default``
+    exists, starts from it).
+    """
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if config_file is None and method is not None:
+        default = RECIPES_DIR / f"{method}_default.yaml"
+        if default.exists():
+            config_file = str(default)
+    if config_file is not None:
+        path = resolve_recipe(config_file)
+        data = read_yaml(path)
+        source = str(path)
+    if method is not None:
+        if "method" in data and data["method"] != method:
+            raise ConfigError(f"{source} is a recipe for method {data['method']!r}, not {method!r}")
+        data["method"] = method
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        _set_dotted(data, key.strip(), _parse_value(value))
+    return config_from_dict(data, source=source if not overrides else f"{source} + overrides")
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the section at ``loc`` (for did-you-mean)."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return []
+            current = field.annotation
+        else:
+            return []
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def format_validation_error(
+    err: ValidationError, data: dict[str, Any], source: str, prefix: tuple[str, ...] = ()
+) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        loc = prefix + tuple(e["loc"])
+        key = ".".join(str(p) for p in loc) or "<root>"
+        if e["type"] == "extra_forbidden":
+            known = _known_keys(RunConfig, loc)
+            if loc and loc[0] == "method_args":
+                known = _method_arg_keys(data)
+            hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            extra = f"; did you mean {'.'.join([*map(str, loc[:-1]), hint[0]])!r}?" if hint else ""
+            lines.append(f"  {key}: unknown key{extra}")
+        else:
+            given = e.get("input")
+            shown = "" if isinstance(given, dict) else f" (got {given!r})"
+            lines.append(f"  {key}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def _method_arg_keys(data: dict[str, Any]) -> list[str]:
+    try:
+        from selfsup.methods import get_method
+
+        return list(get_method(str(data.get("method", "simclr"))).Config.model_fields)
+    except Exception:  # noqa: BLE001 - only a hint
+        return []
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,13 @@
+"""Exceptions that carry a message meant for the user (the CLI prints them without traceback)."""
+
+
+class SelfsupError(Exception):
+    """Base class of user-facing errors."""
+
+
+class ConfigError(SelfsupError, ValueError):
+    """A configuration problem, with a message that names the offending key."""
+
+
+class TrainingError(SelfsupError, RuntimeError):
+    """A run stopped for a reason the user must see (non-finite loss, bad setup)."""

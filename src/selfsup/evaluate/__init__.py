@@ -1,0 +1,24 @@
+"""Evaluation: feature extraction (cached), kNN, linear probe, and encoder loading."""
+
+from selfsup.evaluate.encoders import LoadedEncoder, build_encoder, encoder_meta, load_encoder
+from selfsup.evaluate.features import cached_features, extract_features, match_channels
+from selfsup.evaluate.knn import knn_accuracy, knn_predict
+from selfsup.evaluate.linear import linear_probe
+from selfsup.evaluate.protocols import EvalData, evaluate_encoder, features_for, load_eval_data
+
+__all__ = [
+    "EvalData",
+    "LoadedEncoder",
+    "build_encoder",
+    "cached_features",
+    "encoder_meta",
+    "evaluate_encoder",
+    "extract_features",
+    "features_for",
+    "knn_accuracy",
+    "knn_predict",
+    "linear_probe",
+    "load_encoder",
+    "load_eval_data",
+    "match_channels",
+]

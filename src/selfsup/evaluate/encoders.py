@@ -1,0 +1,148 @@
+"""Find, build and load encoders for evaluation: trained runs, checkpoints, random init.
+
+An encoder travels as ``encoder.safetensors`` plus ``encoder.json`` (its meta: backbone
+config, input size and channels, normalisation, method). Evaluation accepts:
+
+- a run directory (its final ``encoder.safetensors``, else its latest checkpoint),
+- a checkpoint directory or an ``encoder.safetensors`` file with its meta beside it,
+- ``random:SPEC`` — the same architecture as SPEC (a run or a backbone name) at random init,
+  the baseline every number should sit beside.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from selfsup.backbones import Backbone, build_backbone
+from selfsup.config import BackboneConfig
+
+
+@dataclass
+class LoadedEncoder:
+    encoder: Backbone
+    meta: dict[str, Any]
+    identity: str
+    """A string that changes when the weights change (used as a feature-cache key)."""
+    label: str
+    run_dir: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def encoder_meta(
+    backbone: BackboneConfig,
+    *,
+    image_size: int,
+    in_channels: int,
+    normalize: str,
+    method: str,
+    feature_dim: int,
+) -> dict[str, Any]:
+    return {
+        "backbone": backbone.model_dump(mode="json"),
+        "image_size": image_size,
+        "in_channels": in_channels,
+        "normalize": normalize,
+        "method": method,
+        "feature_dim": feature_dim,
+    }
+
+
+def build_encoder(meta: dict[str, Any]) -> Backbone:
+    """A randomly initialised backbone described by an encoder meta dict."""
+    bcfg = BackboneConfig.model_validate(meta["backbone"])
+    kwargs = bcfg.build_kwargs(image_size=meta["image_size"], in_channels=meta["in_channels"])
+    return build_backbone(bcfg.name, **kwargs)
+
+
+def _find_weights(path: Path) -> tuple[Path, Path | None]:
+    """(weights file, run dir) for a run dir, checkpoint dir or safetensors file."""
+    if path.is_file():
+        return path, None
+    if (path / "encoder.safetensors").exists() and (path / "encoder.json").exists():
+        return path / "encoder.safetensors", path
+    if (path / "encoder.safetensors").exists() and (path / "meta.json").exists():
+        return path / "encoder.safetensors", path.parent.parent
+    from selfsup.train.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(path)
+    if ckpt is not None:
+        return ckpt / "encoder.safetensors", path
+    raise FileNotFoundError(
+        f"{path}: no encoder.safetensors here and no checkpoint under {path / 'checkpoints'}"
+    )
+
+
+def _meta_for(weights: Path, run_dir: Path | None) -> dict[str, Any]:
+    candidates = [weights.with_suffix(".json"), weights.parent / "encoder.json"]
+    if run_dir is not None:
+        candidates.append(run_dir / "encoder.json")
+    for c in candidates:
+        if c.exists():
+            return json.loads(c.read_text())
+    ckpt_meta = weights.parent / "meta.json"
+    if ckpt_meta.exists():
+        data = json.loads(ckpt_meta.read_text())
+        if "encoder" in data:
+            return data["encoder"]
+    raise FileNotFoundError(f"{weights}: no encoder.json describing its architecture beside it")
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def load_encoder(
+    spec: str, *, seed: int = 0, defaults: dict[str, Any] | None = None
+) -> LoadedEncoder:
+    """Load an encoder by spec (see module docstring).
+
+    ``defaults`` supplies meta fields (image_size, in_channels, normalize) for ``random:NAME``
+    where NAME is a bare backbone name.
+    """
+    if spec.startswith("random:"):
+        target = spec[len("random:") :]
+        path = Path(target)
+        if path.exists():
+            weights, run_dir = _find_weights(path)
+            meta = dict(_meta_for(weights, run_dir))
+        else:
+            meta = {
+                "backbone": BackboneConfig(name=target).model_dump(mode="json"),
+                "image_size": 32,
+                "in_channels": 3,
+                "normalize": "cifar10",
+                **(defaults or {}),
+            }
+            run_dir = None
+        meta["method"] = "random"
+        torch.manual_seed(seed)
+        encoder = build_encoder(meta)
+        meta["feature_dim"] = encoder.feature_dim
+        identity = "random:" + json.dumps(meta, sort_keys=True) + f":seed{seed}"
+        return LoadedEncoder(encoder, meta, identity, label=f"random ({meta['backbone']['name']})")
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"encoder not found: {spec}")
+    weights, run_dir = _find_weights(path)
+    meta = _meta_for(weights, run_dir)
+    encoder = build_encoder(meta)
+    state = load_file(str(weights))
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{weights}: weights do not match a {meta['backbone']['name']} "
+            f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})"
+        )
+    label = f"{meta.get('method', '?')} ({run_dir.name if run_dir else weights.name})"
+    return LoadedEncoder(encoder, meta, _file_digest(weights), label=label, run_dir=run_dir)

@@ -1,0 +1,143 @@
+"""The evaluation entry points used by the CLI: encoder spec + labeled data -> metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from selfsup.data import ImageSource, load_source, random_subset_indices
+from selfsup.evaluate.encoders import LoadedEncoder, load_encoder
+from selfsup.evaluate.features import cached_features
+from selfsup.evaluate.knn import knn_accuracy
+from selfsup.evaluate.linear import linear_probe
+
+
+@dataclass
+class EvalData:
+    """Labeled train (kNN bank / probe training) and test splits."""
+
+    train: ImageSource
+    test: ImageSource
+    key: str
+
+    @property
+    def num_classes(self) -> int:
+        assert self.train.labels is not None
+        return int(max(self.train.labels.max(), self.test.labels.max())) + 1  # type: ignore[union-attr]
+
+
+def load_eval_data(
+    source: str,
+    *,
+    train_split: str = "train",
+    test_split: str = "test",
+    test_source: str | None = None,
+    root: str | None = None,
+    image_size: int | None = None,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    seed: int = 0,
+) -> EvalData:
+    """Load the two labeled splits (``test_source`` defaults to ``source``)."""
+    train = load_source(source, split=train_split, root=root, image_size=image_size)
+    test = load_source(test_source or source, split=test_split, root=root, image_size=image_size)
+    for name, split in (("train", train), ("test", test)):
+        if split.labels is None:
+            raise ValueError(
+                f"evaluation needs labels, but the {name} split of {split.name} has none"
+            )
+    if train_subset and train_subset < len(train):
+        train = train.subset(random_subset_indices(len(train), train_subset, seed))
+    if test_subset and test_subset < len(test):
+        test = test.subset(random_subset_indices(len(test), test_subset, seed + 1))
+    key = (
+        f"{source}:{train_split}:{train_subset}|{test_source or source}:{test_split}:{test_subset}"
+    )
+    return EvalData(train, test, key)
+
+
+def features_for(
+    loaded: LoadedEncoder,
+    data: EvalData,
+    *,
+    device: str = "cpu",
+    batch_size: int = 512,
+    cache_dir: Path | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(train_features, train_labels, test_features, test_labels), cached per encoder+data."""
+    meta = loaded.meta
+    common: dict[str, Any] = dict(
+        image_size=meta["image_size"],
+        normalize=meta["normalize"],
+        in_channels=meta["in_channels"],
+        device=device,
+        batch_size=batch_size,
+        cache_dir=cache_dir,
+    )
+    ftr = cached_features(
+        loaded.encoder, loaded.identity, data.train, data.key + "#train", **common
+    )
+    fte = cached_features(loaded.encoder, loaded.identity, data.test, data.key + "#test", **common)
+    ytr = torch.as_tensor(data.train.labels).long()
+    yte = torch.as_tensor(data.test.labels).long()
+    return ftr, ytr, fte, yte
+
+
+def evaluate_encoder(
+    spec: str,
+    data: EvalData,
+    *,
+    protocols: tuple[str, ...] = ("knn",),
+    device: str = "cpu",
+    knn_k: tuple[int, ...] = (200, 20),
+    knn_temperature: float = 0.1,
+    linear_epochs: int = 100,
+    linear_lr: float = 0.1,
+    linear_batch_norm: bool = True,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Run the named protocols ("knn", "linear") for one encoder spec."""
+    loaded = load_encoder(spec, seed=seed)
+    ftr, ytr, fte, yte = features_for(loaded, data, device=device, cache_dir=cache_dir)
+    result: dict[str, Any] = {
+        "encoder": spec,
+        "label": loaded.label,
+        "method": loaded.meta.get("method"),
+        "backbone": loaded.meta["backbone"]["name"],
+        "feature_dim": int(ftr.shape[1]),
+        "train_images": len(ftr),
+        "test_images": len(fte),
+    }
+    if "knn" in protocols:
+        result.update(
+            knn_accuracy(
+                ftr,
+                ytr,
+                fte,
+                yte,
+                ks=knn_k,
+                temperature=knn_temperature,
+                num_classes=data.num_classes,
+            )
+        )
+    if "linear" in protocols:
+        result.update(
+            linear_probe(
+                ftr,
+                ytr,
+                fte,
+                yte,
+                epochs=linear_epochs,
+                lr=linear_lr,
+                batch_norm=linear_batch_norm,
+                num_classes=data.num_classes,
+                seed=seed,
+                device=device,
+            )
+        )
+    return result

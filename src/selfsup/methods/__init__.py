@@ -1,0 +1,50 @@
+"""Method registry: one file per method, registered here by name."""
+
+from __future__ import annotations
+
+import difflib
+
+from selfsup.methods.base import Method, MethodConfig, normalization
+from selfsup.methods.simclr import SimCLR
+from selfsup.methods.supervised import Supervised
+
+_METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Register a :class:`Method` subclass under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+for _cls in (SimCLR, Supervised):
+    register_method(_cls)
+
+
+def get_method(name: str) -> type[Method]:
+    """The Method class registered as ``name``; KeyError with a did-you-mean otherwise."""
+    try:
+        return _METHODS[name]
+    except KeyError:
+        hint = difflib.get_close_matches(name, list(_METHODS), n=1)
+        msg = f"unknown method {name!r}"
+        msg += f"; did you mean {hint[0]!r}?" if hint else f"; known: {', '.join(sorted(_METHODS))}"
+        raise KeyError(msg) from None
+
+
+def list_methods() -> list[type[Method]]:
+    return [_METHODS[k] for k in sorted(_METHODS)]
+
+
+__all__ = [
+    "Method",
+    "MethodConfig",
+    "SimCLR",
+    "Supervised",
+    "get_method",
+    "list_methods",
+    "normalization",
+    "register_method",
+]

@@ -1,0 +1,101 @@
+"""The Method base class: an ``nn.Module`` that owns its encoder and whatever trains it."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+from selfsup.augment import build_pipeline
+from selfsup.backbones import Backbone
+
+NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+
+
+def normalization(name: str, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) for a named normalisation, reduced to 1 channel for grey data."""
+    mean, std = NORMALIZATION[name]
+    if channels == 1:
+        return (sum(mean) / 3,), (sum(std) / 3,)
+    return mean, std
+
+
+class MethodConfig(BaseModel):
+    """Base for method-specific options (``method_args`` in a run config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+StepResult = tuple[Tensor, dict[str, Any]]
+"""What a training step returns: the scalar loss and a dict of metrics (floats or 0-d tensors)."""
+
+
+class Method(nn.Module):
+    """A self-supervised (or supervised-baseline) training objective around an encoder.
+
+    Subclasses set ``name``, ``family``, ``Config`` and implement :meth:`forward`, which maps a
+    uint8 batch (N, C, H, W) on the training device to ``(loss, metrics)``. Augmentation happens
+    inside, in batches, from the ``generator`` the trainer passes (one per step, so runs are
+    reproducible and resumable). Under data parallelism the batch is this process's share of a
+    global batch of ``global_size`` images starting at row ``offset``; random parameters are
+    drawn for the global batch so that every process sees what one process would.
+
+    Per-step state updates (EMA teachers, queues, centres) belong in :meth:`on_after_step`.
+    """
+
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    uses_labels: ClassVar[bool] = False
+    default_augment: ClassVar[str] = "simclr_cifar"
+
+    def __init__(
+        self,
+        encoder: Backbone,
+        cfg: MethodConfig,
+        *,
+        image_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        augment: str | None = None,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.cfg = cfg
+        self.image_size = image_size
+        self.mean, self.std = mean, std
+        self.num_classes = num_classes
+        self.pipeline = build_pipeline(augment or self.default_augment, image_size, mean, std)
+        self.memory_format = torch.contiguous_format
+
+    def views(
+        self, images: Tensor, generator: torch.Generator, global_size: int | None, offset: int
+    ) -> Tensor:
+        """One augmented view (N, C, S, S) float of a uint8 batch, in the training layout."""
+        out = self.pipeline(images, generator, global_size=global_size, offset=offset)
+        return out.contiguous(memory_format=self.memory_format)
+
+    def forward(  # type: ignore[override]
+        self,
+        images: Tensor,
+        labels: Tensor | None,
+        generator: torch.Generator,
+        global_size: int | None = None,
+        offset: int = 0,
+    ) -> StepResult:
+        raise NotImplementedError
+
+    def on_after_step(self, step: int, total_steps: int) -> None:
+        """Hook after each optimizer step (momentum encoders, queues, ...)."""
+
+    def extra_state_for_checkpoint(self) -> dict[str, Any]:
+        """JSON-serialisable state outside ``state_dict`` (rarely needed)."""
+        return {}

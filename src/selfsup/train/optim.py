@@ -1,0 +1,135 @@
+"""Optimizers (SGD, LARS, AdamW) and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from selfsup.config import OptimizerConfig, ScheduleConfig
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise adaptive rate scaling (You et al., 2017).
+
+    Each parameter's update is scaled by ``trust_coefficient * ||w|| / (||g|| + wd * ||w||)``.
+    Groups with ``lars_exclude=True`` (norms and biases) get plain SGD with momentum.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict],
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 0.001,
+        eps: float = 1e-8,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            trust_coefficient=trust_coefficient,
+            eps=eps,
+            lars_exclude=False,
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if group["weight_decay"] != 0:
+                    grad = grad.add(p, alpha=group["weight_decay"])
+                if not group["lars_exclude"]:
+                    w_norm = torch.linalg.vector_norm(p)
+                    g_norm = torch.linalg.vector_norm(grad)
+                    trust = torch.where(
+                        (w_norm > 0) & (g_norm > 0),
+                        group["trust_coefficient"] * w_norm / (g_norm + group["eps"]),
+                        torch.ones_like(w_norm),
+                    )
+                    grad = grad * trust
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = grad.clone()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
+                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+        return loss
+
+
+def split_decay_groups(model: nn.Module, exclude_norm_and_bias: bool) -> list[dict]:
+    """Parameter groups: weights with decay, and norm/bias parameters without."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        is_norm = isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm))
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            if exclude_norm_and_bias and (is_norm or name == "bias" or param.ndim <= 1):
+                no_decay.append(param)
+            else:
+                decay.append(param)
+    groups = [{"params": decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lars_exclude": True})
+    return groups
+
+
+def build_optimizer(
+    model: nn.Module, cfg: OptimizerConfig, global_batch_size: int
+) -> torch.optim.Optimizer:
+    """Build the optimizer with the peak LR (``cfg.lr`` or ``base_lr * batch / 256``)."""
+    lr = peak_lr(cfg, global_batch_size)
+    groups = split_decay_groups(model, cfg.exclude_norm_and_bias)
+    if cfg.name == "sgd":
+        for g in groups:
+            g.pop("lars_exclude", None)
+        return torch.optim.SGD(
+            groups,
+            lr=lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            nesterov=cfg.nesterov,
+        )
+    if cfg.name == "adamw":
+        for g in groups:
+            g.pop("lars_exclude", None)
+        return torch.optim.AdamW(groups, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return LARS(
+        groups,
+        lr=lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        trust_coefficient=cfg.trust_coefficient,
+    )
+
+
+def peak_lr(cfg: OptimizerConfig, global_batch_size: int) -> float:
+    return cfg.lr if cfg.lr is not None else cfg.base_lr * global_batch_size / 256
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, cfg: ScheduleConfig) -> float:
+    """Multiplier of the peak LR at ``step``: linear warmup, then cosine (or constant)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if cfg.name == "constant":
+        return 1.0
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    floor = cfg.final_lr_fraction
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, peak: float, multiplier: float) -> float:
+    lr = peak * multiplier
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr

@@ -1,0 +1,411 @@
+"""The training loop. It knows nothing about any method.
+
+Device, precision (bf16/fp16 autocast, channels_last), optional ``torch.compile``, DDP under
+torchrun, LR schedule, gradient clipping, checkpoint/resume, JSONL/TensorBoard metrics, a
+progress bar and an optional online kNN monitor. Randomness is derived from ``(seed, step)``,
+and the data order from ``(seed, epoch)``, so a resumed run continues exactly where the
+interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from selfsup.backbones import build_backbone
+from selfsup.config import RunConfig, dump_config
+from selfsup.data import BatchLoader, ImageSource, load_source, random_subset_indices
+from selfsup.errors import TrainingError
+from selfsup.evaluate.encoders import encoder_meta
+from selfsup.evaluate.features import autocast_dtype, use_channels_last
+from selfsup.methods import Method, get_method, normalization
+from selfsup.train import distributed as dist_utils
+from selfsup.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    save_weights,
+    write_json,
+)
+from selfsup.train.metrics_log import MetricsLogger
+from selfsup.train.optim import build_optimizer, lr_at, peak_lr, set_lr
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    final_loss: float
+    images_per_second: float
+    seconds: float
+    encoder_path: Path
+
+
+def step_seed(seed: int, step: int) -> int:
+    """Seed of the augmentation generator at ``step`` (independent of process count)."""
+    return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**63)
+
+
+def build_method(
+    cfg: RunConfig, image_size: int, in_channels: int, num_classes: int | None
+) -> Method:
+    """The method of ``cfg`` around a freshly initialised backbone."""
+    method_cls = get_method(cfg.method)
+    kwargs = cfg.backbone.build_kwargs(image_size=image_size, in_channels=in_channels)
+    encoder = build_backbone(cfg.backbone.name, **kwargs)
+    mean, std = normalization(cfg.normalize, in_channels)
+    return method_cls(
+        encoder,
+        cfg.method_config(),
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        augment=cfg.augment,
+        num_classes=num_classes,
+    )
+
+
+def load_training_source(cfg: RunConfig) -> ImageSource:
+    d = cfg.data
+    source = load_source(
+        d.source,
+        split=d.split,
+        root=d.root,
+        image_size=d.image_size,
+        cache_dir=d.cache_dir,
+        download=d.download,
+        grayscale=d.grayscale,
+    )
+    if d.subset is not None and d.subset < len(source):
+        source = source.subset(random_subset_indices(len(source), d.subset, cfg.seed))
+    return source
+
+
+class Trainer:
+    """Runs one training job described by a :class:`RunConfig`.
+
+    Example::
+
+        cfg = load_config("simclr", "simclr_cifar10_cpu", ["train.epochs=1"])
+        result = Trainer(cfg).fit()
+    """
+
+    def __init__(
+        self, cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
+    ) -> None:
+        """``stop_at_step`` ends the run early after checkpointing that step (a planned
+        interruption, e.g. to fit a job into a time slot); ``--resume`` continues it exactly."""
+        self.cfg = cfg
+        self.resume = resume
+        self.stop_at_step = stop_at_step
+        self.run_dir = cfg.resolved_out_dir()
+
+    # ------------------------------------------------------------------ setup
+    def _check_run_dir(self) -> None:
+        if not self.resume and latest_checkpoint(self.run_dir) is not None:
+            raise TrainingError(
+                f"{self.run_dir} already holds checkpoints; pass --resume to continue that run "
+                "or set out_dir=... to start a new one"
+            )
+
+    def fit(self) -> TrainResult:
+        cfg, tcfg = self.cfg, self.cfg.train
+        device = dist_utils.local_device(tcfg.device)
+        distributed = dist_utils.init_distributed(device)
+        rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
+        main = rank == 0
+        if tcfg.num_threads:
+            torch.set_num_threads(tcfg.num_threads)
+        if tcfg.batch_size % world:
+            raise TrainingError(
+                f"train.batch_size={tcfg.batch_size} is not divisible by {world} processes"
+            )
+        if main:
+            self._check_run_dir()
+        torch.manual_seed(cfg.seed)
+
+        source = load_training_source(cfg)
+        method_cls = get_method(cfg.method)
+        if method_cls.uses_labels and source.labels is None:
+            raise TrainingError(f"method {cfg.method!r} needs labels; {source.name} has none")
+        if tcfg.batch_size > len(source):
+            raise TrainingError(
+                f"train.batch_size={tcfg.batch_size} is larger than the data set "
+                f"({len(source)} images in {source.name})"
+            )
+        image_size = cfg.data.image_size or source.image_size
+        num_classes = int(source.labels.max()) + 1 if source.labels is not None else None
+        method = build_method(cfg, image_size, source.num_channels, num_classes)
+        enc_meta = encoder_meta(
+            cfg.backbone,
+            image_size=image_size,
+            in_channels=source.num_channels,
+            normalize=cfg.normalize,
+            method=cfg.method,
+            feature_dim=method.encoder.feature_dim,
+        )
+        if use_channels_last(device, tcfg.channels_last):
+            method = method.to(memory_format=torch.channels_last)
+            method.memory_format = torch.channels_last
+        method = method.to(device)
+        if distributed and tcfg.sync_batchnorm:
+            method = dist_utils.convert_sync_batchnorm(method, device)
+        model: nn.Module = method
+        if distributed:
+            model = nn.parallel.DistributedDataParallel(
+                method, device_ids=[device] if device.type == "cuda" else None
+            )
+        step_fn = torch.compile(model) if tcfg.compile else model
+
+        optimizer = build_optimizer(method, tcfg.optimizer, tcfg.batch_size)
+        amp_dtype = autocast_dtype(device, tcfg.precision)
+        use_scaler = device.type == "cuda" and amp_dtype == torch.float16
+        scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        loader = BatchLoader(
+            source,
+            tcfg.batch_size // world,
+            seed=cfg.seed,
+            rank=rank,
+            world_size=world,
+            device=device,
+            drop_last=True,
+        )
+        steps_per_epoch = len(loader)
+        total_steps = math.ceil(tcfg.epochs * steps_per_epoch)
+        if tcfg.max_steps is not None:
+            total_steps = min(total_steps, tcfg.max_steps)
+        warmup_steps = round(tcfg.schedule.warmup_epochs * steps_per_epoch)
+        ckpt_every = tcfg.checkpoint_every_steps or max(
+            1, round(tcfg.checkpoint_every_epochs * steps_per_epoch)
+        )
+        knn_every = tcfg.knn_monitor.every_epochs * steps_per_epoch
+        lr_peak = peak_lr(tcfg.optimizer, tcfg.batch_size)
+
+        start_step = 0
+        if self.resume:
+            ckpt = latest_checkpoint(self.run_dir)
+            if ckpt is not None:
+                state = load_checkpoint(
+                    ckpt, method, {"method": cfg.method, "backbone": cfg.backbone.name}
+                )
+                ts = state["train_state"]
+                optimizer.load_state_dict(ts["optimizer"])
+                scaler.load_state_dict(ts["scaler"])
+                torch.set_rng_state(ts["torch_rng"])
+                start_step = int(state["meta"]["step"])
+                if main:
+                    print(f"resuming {self.run_dir} from step {start_step} ({ckpt.name})")
+            elif main:
+                print(f"--resume: no checkpoint in {self.run_dir}; starting from scratch")
+
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(dump_config(cfg))
+            write_json(self.run_dir / "encoder.json", enc_meta)
+            if source.skipped:
+                write_json(self.run_dir / "skipped_files.json", source.skipped)
+        logger = MetricsLogger(self.run_dir, tensorboard=tcfg.tensorboard, enabled=main)
+        if main and start_step == 0:
+            logger.log(
+                {
+                    "event": "start",
+                    "images": len(source),
+                    "steps_per_epoch": steps_per_epoch,
+                    "total_steps": total_steps,
+                    "world_size": world,
+                    "device": str(device),
+                    "precision": str(amp_dtype),
+                    "skipped_files": len(source.skipped),
+                }
+            )
+        monitor = (
+            _KnnMonitor(cfg, image_size, source.num_channels, device)
+            if (main and 0 < knn_every <= total_steps)
+            else None
+        )
+
+        def checkpoint(step: int) -> None:
+            if main:
+                save_checkpoint(
+                    self.run_dir,
+                    step,
+                    method,
+                    method.encoder,
+                    {
+                        "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "torch_rng": torch.get_rng_state(),
+                    },
+                    {
+                        "method": cfg.method,
+                        "backbone": cfg.backbone.name,
+                        "epoch": step / steps_per_epoch,
+                        "total_steps": total_steps,
+                        "world_size": world,
+                        "encoder": enc_meta,
+                    },
+                    keep_last=tcfg.keep_last,
+                )
+            dist_utils.barrier()
+
+        bar = tqdm(
+            total=total_steps,
+            initial=start_step,
+            disable=not (main and tcfg.progress),
+            desc=f"{cfg.method}",
+            unit="step",
+            dynamic_ncols=True,
+        )
+        step, last_loss = start_step, float("nan")
+        t_start = time.perf_counter()
+        t_log, images_since_log = t_start, 0
+        model.train()
+        while step < total_steps:
+            epoch, in_epoch = divmod(step, steps_per_epoch)
+            batches = loader.iterate(epoch, start_step=in_epoch)
+            with contextlib.closing(batches):
+                for batch in batches:
+                    if step >= total_steps:
+                        break
+                    lr = set_lr(
+                        optimizer, lr_peak, lr_at(step, total_steps, warmup_steps, tcfg.schedule)
+                    )
+                    generator = torch.Generator(device=device).manual_seed(
+                        step_seed(cfg.seed, step)
+                    )
+                    with torch.autocast(
+                        device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+                    ):
+                        loss, metrics = step_fn(
+                            batch.images, batch.labels, generator, batch.global_size, batch.offset
+                        )
+                    if not torch.isfinite(loss):
+                        raise TrainingError(
+                            f"loss is {loss.item()} at step {step} (epoch {epoch}); stopping. "
+                            f"The last good checkpoint is kept in {self.run_dir / 'checkpoints'}."
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    if tcfg.grad_clip is not None:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(method.parameters(), tcfg.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    method.on_after_step(step, total_steps)
+                    step += 1
+                    images_since_log += batch.global_size
+                    bar.update(1)
+                    if step % tcfg.log_every_steps == 0 or step == total_steps:
+                        now = time.perf_counter()
+                        last_loss = dist_utils.all_reduce_mean(loss.detach().float()).item()
+                        rate = images_since_log / max(now - t_log, 1e-9)
+                        record: dict[str, Any] = {
+                            "step": step,
+                            "epoch": step / steps_per_epoch,
+                            "loss": last_loss,
+                            "lr": lr,
+                            "images_per_second": rate,
+                        }
+                        record.update({k: v for k, v in metrics.items() if not k.startswith("_")})
+                        logger.log(record, step)
+                        bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{rate:.0f}")
+                        t_log, images_since_log = now, 0
+                    if monitor is not None and step % knn_every == 0:
+                        result = monitor(method.encoder)
+                        logger.log({"step": step, "epoch": step / steps_per_epoch, **result}, step)
+                        bar.write(
+                            f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in result.items())
+                        )
+                        model.train()
+                    if step == self.stop_at_step and step < total_steps:
+                        break
+                    if step % ckpt_every == 0 and step < total_steps:
+                        checkpoint(step)
+            if step == self.stop_at_step:
+                break
+        bar.close()
+        seconds = time.perf_counter() - t_start
+        checkpoint(step)
+        encoder_path = self.run_dir / "encoder.safetensors"
+        rate = (step - start_step) * tcfg.batch_size / max(seconds, 1e-9)
+        if main:
+            save_weights(method.encoder, encoder_path)
+            summary = {
+                "steps": step,
+                "final_loss": last_loss,
+                "seconds": seconds,
+                "images_per_second": rate,
+                "method": cfg.method,
+                "backbone": cfg.backbone.name,
+                "images": len(source),
+            }
+            write_json(self.run_dir / "summary.json", summary)
+            logger.log({"event": "end", **summary}, step)
+        logger.close()
+        return TrainResult(self.run_dir, step, last_loss, rate, seconds, encoder_path)
+
+
+class _KnnMonitor:
+    """Online kNN accuracy of the current encoder on a labeled split (every N epochs)."""
+
+    def __init__(
+        self, cfg: RunConfig, image_size: int, in_channels: int, device: torch.device
+    ) -> None:
+        from selfsup.evaluate.protocols import load_eval_data
+
+        e = cfg.eval_data
+        source = e.source or cfg.data.source
+        self.data = load_eval_data(
+            source,
+            train_split=e.train_split,
+            test_split=e.test_split,
+            root=cfg.data.root,
+            image_size=cfg.data.image_size,
+            train_subset=e.train_subset,
+            test_subset=e.test_subset,
+            seed=cfg.seed,
+        )
+        self.cfg, self.image_size, self.in_channels, self.device = (
+            cfg,
+            image_size,
+            in_channels,
+            device,
+        )
+
+    def __call__(self, encoder: nn.Module) -> dict[str, float]:
+        from selfsup.evaluate.features import extract_features
+        from selfsup.evaluate.knn import knn_accuracy
+
+        kw = dict(
+            image_size=self.image_size,
+            normalize=self.cfg.normalize,
+            in_channels=self.in_channels,
+            device=self.device,
+            precision=self.cfg.train.precision,
+        )
+        ftr = extract_features(encoder, self.data.train, **kw)  # type: ignore[arg-type]
+        fte = extract_features(encoder, self.data.test, **kw)  # type: ignore[arg-type]
+        k = self.cfg.train.knn_monitor.k
+        result = knn_accuracy(
+            ftr,
+            torch.as_tensor(self.data.train.labels),
+            fte,
+            torch.as_tensor(self.data.test.labels),
+            ks=(k,),
+            temperature=self.cfg.train.knn_monitor.temperature,
+            num_classes=self.data.num_classes,
+        )
+        return {f"online_{key}": value for key, value in result.items()}
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / "summary.json").read_text())

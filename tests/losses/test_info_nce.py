@@ -1,0 +1,71 @@
+import math
+
+import torch
+import torch.nn.functional as F
+
+from selfsup.losses import info_nce, nt_xent
+
+
+def _cos(a, b):
+    return float(F.cosine_similarity(a[None], b[None]))
+
+
+def test_info_nce_with_negative_bank_matches_formula():
+    torch.manual_seed(0)
+    q, k, neg = torch.randn(5, 8), torch.randn(5, 8), torch.randn(7, 8)
+    t = 0.2
+    expected = 0.0
+    for i in range(5):
+        pos = math.exp(_cos(q[i], k[i]) / t)
+        den = pos + sum(math.exp(_cos(q[i], n) / t) for n in neg)
+        expected += -math.log(pos / den)
+    expected /= 5
+    assert abs(info_nce(q, k, neg, temperature=t).item() - expected) < 1e-5
+
+
+def test_info_nce_in_batch_negatives_matches_formula():
+    torch.manual_seed(1)
+    q, k = torch.randn(4, 6), torch.randn(4, 6)
+    t = 0.5
+    expected = 0.0
+    for i in range(4):
+        num = math.exp(_cos(q[i], k[i]) / t)
+        den = sum(math.exp(_cos(q[i], k[j]) / t) for j in range(4))
+        expected += -math.log(num / den)
+    assert abs(info_nce(q, k, temperature=t).item() - expected / 4) < 1e-5
+
+
+def test_nt_xent_matches_handwritten_simclr_loss():
+    torch.manual_seed(2)
+    n, t = 4, 0.5
+    z1, z2 = torch.randn(n, 3), torch.randn(n, 3)
+    views = torch.cat([z1, z2])
+    expected = 0.0
+    for i in range(2 * n):
+        j = (i + n) % (2 * n)
+        num = math.exp(_cos(views[i], views[j]) / t)
+        den = sum(math.exp(_cos(views[i], views[m]) / t) for m in range(2 * n) if m != i)
+        expected += -math.log(num / den)
+    expected /= 2 * n
+    assert abs(nt_xent(z1, z2, t).item() - expected) < 1e-5
+
+
+def test_nt_xent_sharded_mean_equals_global_loss():
+    # What two data-parallel processes compute (each its own rows against the gathered batch)
+    # must average to the single-process loss.
+    torch.manual_seed(3)
+    z1, z2 = torch.randn(8, 5), torch.randn(8, 5)
+    full = nt_xent(z1, z2, 0.3)
+    shard0 = nt_xent(z1[:4], z2[:4], 0.3, all_z1=z1, all_z2=z2, offset=0)
+    shard1 = nt_xent(z1[4:], z2[4:], 0.3, all_z1=z1, all_z2=z2, offset=4)
+    assert torch.allclose((shard0 + shard1) / 2, full, atol=1e-6)
+
+
+def test_nt_xent_is_low_for_aligned_views_and_has_gradients():
+    torch.manual_seed(4)
+    z = torch.randn(16, 32, requires_grad=True)
+    aligned = nt_xent(z, z + 0.01 * torch.randn(16, 32), 0.1)
+    random = nt_xent(z, torch.randn(16, 32), 0.1)
+    assert aligned < random
+    aligned.backward()
+    assert z.grad is not None and torch.isfinite(z.grad).all()

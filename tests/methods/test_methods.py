@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from selfsup.backbones import build_backbone
+from selfsup.methods import SimCLR, Supervised, get_method, list_methods
+
+
+def _simclr():
+    cfg = SimCLR.Config(proj_hidden_dim=32, proj_out_dim=8)
+    return SimCLR(
+        build_backbone("resnet_tiny"), cfg, image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3
+    )
+
+
+def test_registry():
+    assert get_method("simclr") is SimCLR
+    assert {m.name for m in list_methods()} >= {"simclr", "supervised"}
+    with pytest.raises(KeyError, match="did you mean 'simclr'"):
+        get_method("simclrr")
+
+
+def test_simclr_step_is_deterministic_for_a_generator_and_trains_encoder_and_head():
+    m = _simclr()
+    images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+    loss, metrics = m(images, None, torch.Generator().manual_seed(0))
+    loss2, _ = m(images, None, torch.Generator().manual_seed(0))
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert torch.equal(loss, loss2)
+    assert 0 < float(metrics["positive_cosine"]) <= 1
+    loss.backward()
+    assert m.encoder.stages()[0][0].weight.grad is not None
+    assert m.projector.layers[0].weight.grad is not None
+
+
+def test_simclr_views_differ_between_the_two_branches():
+    m = _simclr()
+    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    g = torch.Generator().manual_seed(0)
+    assert not torch.equal(m.views(images, g, None, 0), m.views(images, g, None, 0))
+
+
+def test_supervised_needs_labels():
+    with pytest.raises(ValueError, match="labeled"):
+        Supervised(
+            build_backbone("resnet_tiny"),
+            Supervised.Config(),
+            image_size=16,
+            mean=(0.5,) * 3,
+            std=(0.25,) * 3,
+        )
+    m = Supervised(
+        build_backbone("resnet_tiny"),
+        Supervised.Config(),
+        image_size=16,
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        num_classes=3,
+    )
+    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    loss, metrics = m(images, torch.tensor([0, 1, 2, 0, 1, 2]), torch.Generator().manual_seed(0))
+    assert abs(loss.item() - torch.log(torch.tensor(3.0)).item()) < 1.0
+    assert "train_accuracy" in metrics

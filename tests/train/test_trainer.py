@@ -1,0 +1,156 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from selfsup.config import load_config
+from selfsup.errors import TrainingError
+from selfsup.train import Trainer
+from selfsup.train.checkpoint import latest_checkpoint
+
+
+def tiny_cfg(data_path, out_dir, *extra):
+    return load_config(
+        "simclr",
+        None,
+        [
+            f"data.source={data_path}",
+            f"out_dir={out_dir}",
+            "backbone.name=resnet_tiny",
+            "train.batch_size=16",
+            "train.epochs=2",
+            "train.precision=fp32",
+            "train.checkpoint_every_steps=2",
+            "train.progress=false",
+            "train.tensorboard=false",
+            "train.log_every_steps=1",
+            "train.schedule.warmup_epochs=0.5",
+            "method_args.proj_hidden_dim=32",
+            "method_args.proj_out_dim=16",
+            "train.num_threads=1",
+            *extra,
+        ],
+    )
+
+
+def _weights(run_dir):
+    return load_file(str(run_dir / "checkpoints" / "step_00000008" / "model.safetensors"))
+
+
+def test_resume_mid_epoch_reaches_identical_weights(tiny_npz, tmp_path):
+    straight = Trainer(tiny_cfg(tiny_npz, tmp_path / "a")).fit()
+    assert straight.steps == 8  # 64 images / 16 per batch * 2 epochs
+
+    first = Trainer(tiny_cfg(tiny_npz, tmp_path / "b"), stop_at_step=3).fit()
+    assert first.steps == 3
+    assert latest_checkpoint(tmp_path / "b").name == "step_00000003"
+    resumed = Trainer(tiny_cfg(tiny_npz, tmp_path / "b"), resume=True).fit()
+    assert resumed.steps == 8
+
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_loss_curve_matches(tiny_npz, tmp_path):
+    Trainer(tiny_cfg(tiny_npz, tmp_path / "a")).fit()
+    Trainer(tiny_cfg(tiny_npz, tmp_path / "b"), stop_at_step=5).fit()
+    Trainer(tiny_cfg(tiny_npz, tmp_path / "b"), resume=True).fit()
+
+    def curve(run):
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in rows if "loss" in r and "event" not in r}
+
+    assert curve(tmp_path / "a") == curve(tmp_path / "b")
+
+
+def test_refuses_to_overwrite_a_run_without_resume(tiny_npz, tmp_path):
+    Trainer(tiny_cfg(tiny_npz, tmp_path / "a", "train.max_steps=2")).fit()
+    with pytest.raises(TrainingError, match="--resume"):
+        Trainer(tiny_cfg(tiny_npz, tmp_path / "a", "train.max_steps=2")).fit()
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_checkpoint(tiny_npz, tmp_path):
+    cfg = tiny_cfg(tiny_npz, tmp_path / "a")
+    Trainer(cfg, stop_at_step=2).fit()
+    before = _ckpt_bytes(tmp_path / "a")
+    bad = tiny_cfg(tiny_npz, tmp_path / "a", "train.optimizer.lr=1e30")
+    with pytest.raises(TrainingError, match=r"loss is (nan|inf) at step \d+"):
+        Trainer(bad, resume=True).fit()
+    assert latest_checkpoint(tmp_path / "a").name == "step_00000002"
+    assert _ckpt_bytes(tmp_path / "a") == before
+
+
+def _ckpt_bytes(run):
+    return (latest_checkpoint(run) / "model.safetensors").read_bytes()
+
+
+def test_batch_larger_than_dataset_is_rejected(tiny_npz, tmp_path):
+    with pytest.raises(TrainingError, match="larger than the data set"):
+        Trainer(tiny_cfg(tiny_npz, tmp_path / "a", "train.batch_size=128")).fit()
+
+
+def test_two_process_gloo_run_matches_one_process(tiny_npz, tmp_path):
+    """torchrun with 2 CPU processes trains the same model as 1 process on the same global batch
+    (sharded data, augmentation drawn for the global batch, gathered negatives, global BN)."""
+    common = [
+        f"data.source={tiny_npz}",
+        "backbone.name=resnet_tiny",
+        "train.batch_size=16",
+        "train.max_steps=4",
+        "train.epochs=2",
+        "train.precision=fp32",
+        "train.progress=false",
+        "train.tensorboard=false",
+        "train.log_every_steps=1",
+        "train.num_threads=1",
+        "method_args.proj_hidden_dim=32",
+        "method_args.proj_out_dim=16",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = tmp_path / "single"
+    subprocess.run(
+        [sys.executable, "-m", "selfsup", "train", "simclr", f"out_dir={single}", *common],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    ddp = tmp_path / "ddp"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "selfsup",
+            "train",
+            "simclr",
+            f"out_dir={ddp}",
+            *common,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def curve(run):
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in rows if "loss" in r and "event" not in r]
+
+    np.testing.assert_allclose(curve(ddp), curve(single), rtol=1e-4, atol=1e-5)
+    a = load_file(str(single / "encoder.safetensors"))
+    b = load_file(str(ddp / "encoder.safetensors"))
+    for key in a:
+        np.testing.assert_allclose(
+            b[key].numpy(), a[key].numpy(), rtol=1e-3, atol=1e-5, err_msg=key
+        )

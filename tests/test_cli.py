@@ -43,13 +43,26 @@ def test_config_prints_resolved_config(capsys):
 
 
 def _train_digits(out_dir, *extra):
-    return main([
-        "train", "simclr", "--config", "simclr_cifar10_cpu", f"out_dir={out_dir}",
-        "data.source=digits", "data.subset=null", "eval_data.source=digits",
-        "backbone.name=resnet_tiny", "train.batch_size=128", "train.epochs=4",
-        "train.optimizer.base_lr=0.5", "train.progress=false", "train.tensorboard=false",
-        "method_args.proj_hidden_dim=128", *extra,
-    ])
+    return main(
+        [
+            "train",
+            "simclr",
+            "--config",
+            "simclr_cifar10_cpu",
+            f"out_dir={out_dir}",
+            "data.source=digits",
+            "data.subset=null",
+            "eval_data.source=digits",
+            "backbone.name=resnet_tiny",
+            "train.batch_size=128",
+            "train.epochs=4",
+            "train.optimizer.base_lr=0.5",
+            "train.progress=false",
+            "train.tensorboard=false",
+            "method_args.proj_hidden_dim=128",
+            *extra,
+        ]
+    )
 
 
 @pytest.mark.slow
@@ -61,8 +74,12 @@ def test_simclr_learns_beats_random_encoder_on_knn_and_exports(tmp_path, capsys)
     assert (run / "encoder.safetensors").exists()
     capsys.readouterr()
     out_json = tmp_path / "eval.json"
-    assert main(["eval", "knn", str(run), f"random:{run}", "--data", "digits",
-                 "--json", str(out_json)]) == 0
+    assert (
+        main(
+            ["eval", "knn", str(run), f"random:{run}", "--data", "digits", "--json", str(out_json)]
+        )
+        == 0
+    )
     trained, random = json.loads(out_json.read_text())
     assert random["method"] == "random"
     assert trained["knn@20"] > random["knn@20"] + 0.05, (trained, random)
@@ -78,21 +95,59 @@ def test_simclr_learns_beats_random_encoder_on_knn_and_exports(tmp_path, capsys)
     assert main(["eval", "knn", str(export), "--data", "digits", "--k", "20"]) == 0
     assert f"{trained['knn@20']:.4f}" in capsys.readouterr().out
     # torchvision format is refused for a native backbone, with the reason
-    assert main(["export", str(run), "--out", str(tmp_path / "tv.safetensors"),
-                 "--format", "torchvision"]) == 1
+    assert (
+        main(
+            [
+                "export",
+                str(run),
+                "--out",
+                str(tmp_path / "tv.safetensors"),
+                "--format",
+                "torchvision",
+            ]
+        )
+        == 1
+    )
 
 
 @pytest.mark.slow
 def test_supervised_baseline_trains_from_the_cli(tmp_path, capsys):
     run = tmp_path / "sup"
-    assert main([
-        "train", "supervised", f"out_dir={run}", "data.source=digits",
-        "backbone.name=resnet_tiny", "train.batch_size=64", "train.epochs=6",
-        "train.optimizer.base_lr=0.4", "train.progress=false", "train.tensorboard=false",
-    ]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "supervised",
+                f"out_dir={run}",
+                "data.source=digits",
+                "backbone.name=resnet_tiny",
+                "train.batch_size=64",
+                "train.epochs=6",
+                "train.optimizer.base_lr=0.4",
+                "train.progress=false",
+                "train.tensorboard=false",
+            ]
+        )
+        == 0
+    )
     out_json = tmp_path / "eval.json"
-    assert main(["eval", "linear", str(run), f"random:{run}", "--data", "digits",
-                 "--epochs", "20", "--json", str(out_json)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "linear",
+                str(run),
+                f"random:{run}",
+                "--data",
+                "digits",
+                "--epochs",
+                "20",
+                "--json",
+                str(out_json),
+            ]
+        )
+        == 0
+    )
     trained, random = json.loads(out_json.read_text())
     assert trained["linear_top1"] > random["linear_top1"] + 0.03, (trained, random)
 

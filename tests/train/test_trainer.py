@@ -154,3 +154,67 @@ def test_two_process_gloo_run_matches_one_process(tiny_npz, tmp_path):
         np.testing.assert_allclose(
             b[key].numpy(), a[key].numpy(), rtol=1e-3, atol=1e-5, err_msg=key
         )
+
+
+def test_image_folder_run_skips_and_lists_unreadable_files(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(10):
+            pixels = rng.integers(0, 255, (20 + i, 24, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "imgs" / cls / f"{i}.png")
+    (tmp_path / "imgs" / "cat" / "empty.jpg").write_bytes(b"")
+    (tmp_path / "imgs" / "dog" / "notes.jpg").write_text("not an image")
+    cfg = tiny_cfg(
+        tmp_path / "imgs",
+        tmp_path / "run",
+        "data.image_size=16",
+        "train.max_steps=1",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    )
+    result = Trainer(cfg).fit()
+    assert result.steps == 1
+    skipped = json.loads((tmp_path / "run" / "skipped_files.json").read_text())
+    assert sorted(p.rsplit("/", 1)[-1] for p, _ in skipped) == ["empty.jpg", "notes.jpg"]
+    start = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert start["skipped_files"] == 2 and start["images"] == 20
+
+
+def test_torchvision_backbone_trains_and_exports_torchvision_state_dict(tiny_npz, tmp_path):
+    import torchvision
+
+    from selfsup.cli import main
+
+    cfg = tiny_cfg(
+        tiny_npz, tmp_path / "run", "backbone.name=torchvision:resnet18", "train.max_steps=1"
+    )
+    Trainer(cfg).fit()
+    out = tmp_path / "tv.safetensors"
+    assert (
+        main(["export", str(tmp_path / "run"), "--out", str(out), "--format", "torchvision"]) == 0
+    )
+    model = torchvision.models.resnet18()
+    missing, unexpected = model.load_state_dict(load_file(str(out)), strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
+
+
+def test_knn_monitor_and_grad_clip_are_logged(tiny_npz, tmp_path):
+    cfg = tiny_cfg(
+        tiny_npz,
+        tmp_path / "run",
+        f"eval_data.source={tiny_npz}",
+        "train.knn_monitor.every_epochs=1",
+        "train.knn_monitor.k=5",
+        "train.grad_clip=0.5",
+    )
+    Trainer(cfg).fit()
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        if line
+    ]
+    monitor = [r for r in rows if "online_knn@5" in r]
+    assert [r["step"] for r in monitor] == [4, 8]
+    assert all(0.0 <= r["online_knn@5"] <= 1.0 for r in monitor)

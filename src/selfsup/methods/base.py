@@ -95,7 +95,3 @@ class Method(nn.Module):
 
     def on_after_step(self, step: int, total_steps: int) -> None:
         """Hook after each optimizer step (momentum encoders, queues, ...)."""
-
-    def extra_state_for_checkpoint(self) -> dict[str, Any]:
-        """JSON-serialisable state outside ``state_dict`` (rarely needed)."""
-        return {}

@@ -60,5 +60,4 @@ class SimCLR(Method):
         return loss, {
             "positive_cosine": positive_cos,
             "embedding_std": zn.std(0).mean(),
-            "_features": features.detach(),
         }

@@ -45,4 +45,4 @@ class Supervised(Method):
         logits = self.classifier(features).float()
         loss = F.cross_entropy(logits, labels, label_smoothing=self.cfg.label_smoothing)
         accuracy = (logits.argmax(1) == labels).float().mean()
-        return loss, {"train_accuracy": accuracy, "_features": features.detach()}
+        return loss, {"train_accuracy": accuracy}

@@ -315,7 +315,7 @@ class Trainer:
                             "lr": lr,
                             "images_per_second": rate,
                         }
-                        record.update({k: v for k, v in metrics.items() if not k.startswith("_")})
+                        record.update(metrics)
                         logger.log(record, step)
                         bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{rate:.0f}")
                         t_log, images_since_log = now, 0

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from selfsup.errors import ConfigError, SelfsupError
+from selfsup.errors import ConfigError, SelfsupError, TrainingInterrupted
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -197,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *unknown]
     try:
         return args.func(args)
+    except TrainingInterrupted as err:
+        print(f"selfsup: {err}", file=sys.stderr)
+        return 128 + err.signum
     except ConfigError as err:
         print(f"selfsup: {err}", file=sys.stderr)
         return 2

@@ -142,6 +142,12 @@ class TrainConfig(Section):
     progress: bool = True
     tensorboard: bool = True
     knn_monitor: KnnMonitorConfig = KnnMonitorConfig()
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    """A NaN/Inf loss or gradient: ``stop`` (keep the last good checkpoint) or ``skip`` the step."""
+    max_skipped_steps: int = Field(default=20, ge=0)
+    """With ``on_nonfinite: skip``, stop anyway after this many skipped steps."""
+    collapse_threshold: float = Field(default=0.05, ge=0)
+    """Warn when the method's ``embedding_spread`` metric (1 = spread, 0 = collapsed) is below."""
     sync_batchnorm: bool = True
     """Under DDP, normalise with statistics of the global batch (as one process would)."""
 

@@ -11,3 +11,11 @@ class ConfigError(SelfsupError, ValueError):
 
 class TrainingError(SelfsupError, RuntimeError):
     """A run stopped for a reason the user must see (non-finite loss, bad setup)."""
+
+
+class TrainingInterrupted(TrainingError):
+    """SIGTERM/SIGINT stopped a run after it wrote a checkpoint; ``--resume`` continues it."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum

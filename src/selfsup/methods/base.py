@@ -26,6 +26,13 @@ def normalization(name: str, channels: int) -> tuple[tuple[float, ...], tuple[fl
     return mean, std
 
 
+def embedding_spread(z: Tensor) -> Tensor:
+    """Collapse indicator of embeddings (N, D): mean per-dimension std of the L2-normalised
+    rows, times sqrt(D). About 1 when embeddings spread over the sphere, 0 when collapsed."""
+    zn = torch.nn.functional.normalize(z.detach().float(), dim=1)
+    return zn.std(0).mean() * zn.shape[1] ** 0.5
+
+
 class MethodConfig(BaseModel):
     """Base for method-specific options (``method_args`` in a run config)."""
 

@@ -15,6 +15,12 @@ class MetricsLogger:
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self._tb = None
+        if enabled and self.path.exists() and self.path.stat().st_size:
+            # a killed run may have left half a line: start ours on a fresh one
+            with open(self.path, "rb+") as f:
+                f.seek(-1, 2)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -51,4 +57,10 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a killed run
+    return rows

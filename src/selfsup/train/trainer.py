@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from tqdm import tqdm
 from selfsup.backbones import build_backbone
 from selfsup.config import RunConfig, dump_config
 from selfsup.data import BatchLoader, ImageSource, load_source, random_subset_indices
-from selfsup.errors import TrainingError
+from selfsup.errors import TrainingError, TrainingInterrupted
 from selfsup.evaluate.encoders import encoder_meta
 from selfsup.evaluate.features import autocast_dtype, use_channels_last
 from selfsup.methods import Method, get_method, normalization
@@ -38,6 +40,11 @@ from selfsup.train.checkpoint import (
 )
 from selfsup.train.metrics_log import MetricsLogger
 from selfsup.train.optim import build_optimizer, lr_at, peak_lr, set_lr
+from selfsup.train.signals import StopRequest
+
+
+class CollapseWarning(UserWarning):
+    """The embeddings are collapsing towards a constant."""
 
 
 @dataclass
@@ -107,6 +114,7 @@ class Trainer:
         self.cfg = cfg
         self.resume = resume
         self.stop_at_step = stop_at_step
+        self.skipped_steps = 0
         self.run_dir = cfg.resolved_out_dir()
 
     # ------------------------------------------------------------------ setup
@@ -201,6 +209,7 @@ class Trainer:
                 optimizer.load_state_dict(ts["optimizer"])
                 scaler.load_state_dict(ts["scaler"])
                 torch.set_rng_state(ts["torch_rng"])
+                self.skipped_steps = int(ts.get("skipped_steps", 0))
                 start_step = int(state["meta"]["step"])
                 if main:
                     print(f"resuming {self.run_dir} from step {start_step} ({ckpt.name})")
@@ -211,6 +220,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(dump_config(cfg))
             write_json(self.run_dir / "encoder.json", enc_meta)
+            write_json(self.run_dir / "environment.json", environment(cfg.seed, world, device))
             if source.skipped:
                 write_json(self.run_dir / "skipped_files.json", source.skipped)
         logger = MetricsLogger(self.run_dir, tensorboard=tcfg.tensorboard, enabled=main)
@@ -244,6 +254,7 @@ class Trainer:
                         "optimizer": optimizer.state_dict(),
                         "scaler": scaler.state_dict(),
                         "torch_rng": torch.get_rng_state(),
+                        "skipped_steps": self.skipped_steps,
                     },
                     {
                         "method": cfg.method,
@@ -265,73 +276,117 @@ class Trainer:
             unit="step",
             dynamic_ncols=True,
         )
+        params = [p for p in method.parameters() if p.requires_grad]
+
+        def train_step(batch: Any, step: int) -> tuple[torch.Tensor, dict[str, Any], bool]:
+            """One optimizer step; returns (loss, metrics, applied)."""
+            generator = torch.Generator(device=device).manual_seed(step_seed(cfg.seed, step))
+            with torch.autocast(
+                device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+            ):
+                loss, metrics = step_fn(
+                    batch.images, batch.labels, generator, batch.global_size, batch.offset
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = nn.utils.clip_grad_norm_(params, tcfg.grad_clip or float("inf"))
+            # DDP has already averaged the gradients, so every rank sees the same verdict
+            # (a NaN loss on one rank makes everyone's averaged gradients NaN).
+            finite = bool(torch.isfinite(loss)) and (use_scaler or bool(torch.isfinite(grad_norm)))
+            if not finite:
+                optimizer.zero_grad(set_to_none=True)
+                scaler.update()
+                return loss, {**metrics, "grad_norm": grad_norm}, False
+            scaler.step(optimizer)
+            scaler.update()
+            method.on_after_step(step, total_steps)
+            return loss, {**metrics, "grad_norm": grad_norm}, True
+
         step, last_loss = start_step, float("nan")
         t_start = time.perf_counter()
         t_log, images_since_log = t_start, 0
+        collapse_warned = False
         model.train()
-        while step < total_steps:
-            epoch, in_epoch = divmod(step, steps_per_epoch)
-            batches = loader.iterate(epoch, start_step=in_epoch)
-            with contextlib.closing(batches):
-                for batch in batches:
-                    if step >= total_steps:
-                        break
-                    lr = set_lr(
-                        optimizer, lr_peak, lr_at(step, total_steps, warmup_steps, tcfg.schedule)
-                    )
-                    generator = torch.Generator(device=device).manual_seed(
-                        step_seed(cfg.seed, step)
-                    )
-                    with torch.autocast(
-                        device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-                    ):
-                        loss, metrics = step_fn(
-                            batch.images, batch.labels, generator, batch.global_size, batch.offset
-                        )
-                    if not torch.isfinite(loss):
-                        raise TrainingError(
-                            f"loss is {loss.item()} at step {step} (epoch {epoch}); stopping. "
-                            f"The last good checkpoint is kept in {self.run_dir / 'checkpoints'}."
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    if tcfg.grad_clip is not None:
-                        scaler.unscale_(optimizer)
-                        nn.utils.clip_grad_norm_(method.parameters(), tcfg.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    method.on_after_step(step, total_steps)
-                    step += 1
-                    images_since_log += batch.global_size
-                    bar.update(1)
-                    if step % tcfg.log_every_steps == 0 or step == total_steps:
-                        now = time.perf_counter()
-                        last_loss = dist_utils.all_reduce_mean(loss.detach().float()).item()
-                        rate = images_since_log / max(now - t_log, 1e-9)
-                        record: dict[str, Any] = {
-                            "step": step,
-                            "epoch": step / steps_per_epoch,
-                            "loss": last_loss,
-                            "lr": lr,
-                            "images_per_second": rate,
-                        }
-                        record.update(metrics)
-                        logger.log(record, step)
-                        bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{rate:.0f}")
-                        t_log, images_since_log = now, 0
-                    if monitor is not None and step % knn_every == 0:
-                        result = monitor(method.encoder)
-                        logger.log({"step": step, "epoch": step / steps_per_epoch, **result}, step)
-                        bar.write(
-                            f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in result.items())
-                        )
-                        model.train()
-                    if step == self.stop_at_step and step < total_steps:
-                        break
-                    if step % ckpt_every == 0 and step < total_steps:
-                        checkpoint(step)
-            if step == self.stop_at_step:
-                break
+        with StopRequest() as stop:
+            while step < total_steps:
+                epoch, in_epoch = divmod(step, steps_per_epoch)
+                batches = loader.iterate(epoch, start_step=in_epoch)
+                with contextlib.closing(batches):
+                    for batch in batches:
+                        lr = set_lr(optimizer, lr_peak,
+                                    lr_at(step, total_steps, warmup_steps, tcfg.schedule))
+                        loss, metrics, applied = train_step(batch, step)
+                        if not applied:
+                            self.skipped_steps += 1
+                            what = f"loss {loss.item()}, gradient norm {metrics['grad_norm']}"
+                            if tcfg.on_nonfinite == "stop" or (
+                                self.skipped_steps > tcfg.max_skipped_steps
+                            ):
+                                raise TrainingError(
+                                    f"non-finite training signal at step {step} (epoch "
+                                    f"{epoch}): {what}; stopping ({self.skipped_steps} "
+                                    f"non-finite step(s) in this run). The last good "
+                                    f"checkpoint is kept in {self.run_dir / 'checkpoints'}; "
+                                    "lower the learning rate, set train.grad_clip, or set "
+                                    "train.on_nonfinite=skip."
+                                )
+                            logger.log({"step": step, "event": "skipped_step", "reason": what,
+                                        "skipped_steps": self.skipped_steps}, step)
+                        step += 1
+                        images_since_log += batch.global_size
+                        bar.update(1)
+                        if step % tcfg.log_every_steps == 0 or step == total_steps:
+                            now = time.perf_counter()
+                            last_loss = dist_utils.all_reduce_mean(loss.detach().float()).item()
+                            rate = images_since_log / max(now - t_log, 1e-9)
+                            record: dict[str, Any] = {
+                                "step": step,
+                                "epoch": step / steps_per_epoch,
+                                "loss": last_loss,
+                                "lr": lr,
+                                "images_per_second": rate,
+                                **metrics,
+                            }
+                            if self.skipped_steps:
+                                record["skipped_steps"] = self.skipped_steps
+                            logger.log(record, step)
+                            bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{rate:.0f}")
+                            t_log, images_since_log = now, 0
+                            spread = float(metrics.get("embedding_spread", 1.0))
+                            if main and spread < tcfg.collapse_threshold and not collapse_warned:
+                                collapse_warned = True
+                                warnings.warn(
+                                    f"step {step}: embedding spread {spread:.4f} < "
+                                    f"{tcfg.collapse_threshold}: the representation may be "
+                                    "collapsing (every image mapped to nearly the same "
+                                    "embedding)",
+                                    CollapseWarning, stacklevel=1,
+                                )
+                                logger.log({"step": step, "event": "collapse_warning",
+                                            "embedding_spread": spread}, step)
+                        if monitor is not None and step % knn_every == 0:
+                            result = monitor(method.encoder)
+                            logger.log({"step": step, "epoch": step / steps_per_epoch, **result},
+                                       step)
+                            bar.write(f"step {step}: " + ", ".join(
+                                f"{k}={v:.4f}" for k, v in result.items()))
+                            model.train()
+                        if step >= total_steps or step == self.stop_at_step:
+                            break
+                        if stop.should_stop(device):
+                            checkpoint(step)
+                            bar.close()
+                            name = signal.Signals(stop.signum).name  # type: ignore[arg-type]
+                            raise TrainingInterrupted(
+                                f"interrupted by {name} after step {step}; checkpoint written "
+                                f"to {latest_checkpoint(self.run_dir)}. Continue with --resume.",
+                                int(stop.signum),  # type: ignore[arg-type]
+                            )
+                        if step % ckpt_every == 0:
+                            checkpoint(step)
+                if step == self.stop_at_step:
+                    break
         bar.close()
         seconds = time.perf_counter() - t_start
         checkpoint(step)
@@ -344,6 +399,7 @@ class Trainer:
                 "final_loss": last_loss,
                 "seconds": seconds,
                 "images_per_second": rate,
+                "skipped_steps": self.skipped_steps,
                 "method": cfg.method,
                 "backbone": cfg.backbone.name,
                 "images": len(source),
@@ -405,6 +461,33 @@ class _KnnMonitor:
             num_classes=self.data.num_classes,
         )
         return {f"online_{key}": value for key, value in result.items()}
+
+
+def environment(seed: int, world_size: int, device: torch.device) -> dict[str, Any]:
+    """What produced a run: seed, library versions, hardware, command line."""
+    import platform
+    import sys
+
+    import numpy
+    import torchvision
+
+    from selfsup._version import __version__
+
+    return {
+        "seed": seed,
+        "selfsup": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "world_size": world_size,
+        "threads": torch.get_num_threads(),
+        "argv": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:

@@ -1,0 +1,190 @@
+"""Reliability: kills, signals, half-written checkpoints, non-finite steps, collapse warnings."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from selfsup.config import load_config
+from selfsup.errors import TrainingError
+from selfsup.methods import SimCLR
+from selfsup.methods.base import embedding_spread
+from selfsup.train import Trainer
+from selfsup.train.checkpoint import latest_checkpoint
+from selfsup.train.metrics_log import read_metrics
+from selfsup.train.trainer import CollapseWarning
+
+COMMON = [
+    "backbone.name=resnet_tiny", "train.batch_size=16", "train.epochs=3",
+    "train.precision=fp32", "train.progress=false", "train.tensorboard=false",
+    "train.log_every_steps=1", "train.num_threads=1", "train.checkpoint_every_steps=1",
+    "train.keep_last=2", "method_args.proj_hidden_dim=32", "method_args.proj_out_dim=16",
+]
+
+
+def cfg_for(data, out_dir, *extra):
+    return load_config("simclr", None, [f"data.source={data}", f"out_dir={out_dir}", *COMMON,
+                                        *extra])
+
+
+def cli(data, out_dir, *extra):
+    return [sys.executable, "-m", "selfsup", "train", "simclr", f"data.source={data}",
+            f"out_dir={out_dir}", *COMMON, *extra]
+
+
+def last_step(run_dir):
+    rows = read_metrics(run_dir)
+    steps = [r["step"] for r in rows if "loss" in r]
+    return steps[-1] if steps else 0
+
+
+def wait_for_step(proc, run_dir, target, timeout=120):
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        if last_step(run_dir) >= target:
+            return
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume_gives_identical_weights(tiny_npz, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run(cli(tiny_npz, straight), check=True, env=env, capture_output=True)
+    total = 12  # 64 images / 16 * 3 epochs
+
+    run = tmp_path / "killed"
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(4):
+        target = min(total - 1, last_step(run) + rng.randint(1, 4))
+        proc = subprocess.Popen(cli(tiny_npz, run, ) + ["--resume"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_step(proc, run, target)
+        time.sleep(rng.uniform(0, 0.15))  # land anywhere: mid-step or mid-checkpoint-write
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 2
+    finished = subprocess.run(cli(tiny_npz, run) + ["--resume"], env=env, capture_output=True,
+                              text=True)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    a = load_file(str(straight / "encoder.safetensors"))
+    b = load_file(str(run / "encoder.safetensors"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_exits_with_a_message(tiny_npz, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "run"
+    proc = subprocess.Popen(cli(tiny_npz, run, "train.checkpoint_every_steps=100"), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_step(proc, run, 3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "interrupted by SIGTERM after step" in err and "--resume" in err
+    ckpt = latest_checkpoint(run)
+    assert ckpt is not None and int(ckpt.name.split("_")[1]) >= 3
+    assert subprocess.run(cli(tiny_npz, run) + ["--resume"], env=env,
+                          capture_output=True).returncode == 0
+    assert json.loads((run / "summary.json").read_text())["steps"] == 12
+
+
+def test_partial_checkpoints_are_ignored(tiny_npz, tmp_path):
+    run = tmp_path / "run"
+    Trainer(cfg_for(tiny_npz, run), stop_at_step=2).fit()
+    root = run / "checkpoints"
+    # a write killed before the rename: a partial directory with a truncated file
+    (root / ".step_00000003.partial").mkdir()
+    (root / ".step_00000003.partial" / "model.safetensors").write_bytes(b"\x00" * 10)
+    # a complete-looking directory without meta.json, and a pointer to it
+    (root / "step_00000004").mkdir()
+    (root / "latest").write_text("step_00000004")
+    assert latest_checkpoint(run).name == "step_00000002"
+    result = Trainer(cfg_for(tiny_npz, run), resume=True).fit()
+    assert result.steps == 12
+
+
+def test_resume_with_another_architecture_names_the_difference(tiny_npz, tmp_path):
+    run = tmp_path / "run"
+    Trainer(cfg_for(tiny_npz, run), stop_at_step=1).fit()
+    with pytest.raises(ValueError, match="checkpoint backbone is 'resnet_tiny' but this run has "
+                                         "'resnet18'"):
+        Trainer(cfg_for(tiny_npz, run, "backbone.name=resnet18"), resume=True).fit()
+
+
+def _poison(monkeypatch, at_call, kind):
+    original = SimCLR.forward
+    calls = {"n": 0}
+
+    def forward(self, *args, **kwargs):
+        loss, metrics = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            if kind == "loss":
+                loss = loss * float("nan")
+            else:  # finite loss, NaN gradient
+                p = next(self.parameters())
+                loss = loss + 0.0 * torch.sqrt(p.sum() - p.sum().detach())
+        return loss, metrics
+
+    monkeypatch.setattr(SimCLR, "forward", forward)
+
+
+@pytest.mark.parametrize("kind", ["loss", "gradient"])
+def test_non_finite_step_stops_naming_the_step(tiny_npz, tmp_path, monkeypatch, kind):
+    run = tmp_path / "run"
+    _poison(monkeypatch, 4, kind)
+    with pytest.raises(TrainingError, match="non-finite training signal at step 3"):
+        Trainer(cfg_for(tiny_npz, run)).fit()
+    assert latest_checkpoint(run).name == "step_00000003"
+    weights = load_file(str(latest_checkpoint(run) / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_non_finite_step_can_be_skipped_and_counted(tiny_npz, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    _poison(monkeypatch, 4, "loss")
+    result = Trainer(cfg_for(tiny_npz, run, "train.on_nonfinite=skip")).fit()
+    assert result.steps == 12
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["skipped_steps"] == 1
+    events = [r for r in read_metrics(run) if r.get("event") == "skipped_step"]
+    assert [e["step"] for e in events] == [3]
+    weights = load_file(str(run / "encoder.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_collapse_warning(tiny_npz, tmp_path, monkeypatch):
+    assert embedding_spread(torch.ones(64, 16) + 1e-6 * torch.randn(64, 16)) < 0.01
+    assert 0.8 < embedding_spread(torch.randn(512, 16)) < 1.2
+    original = SimCLR.forward
+
+    def forward(self, *args, **kwargs):
+        loss, metrics = original(self, *args, **kwargs)
+        return loss, {**metrics, "embedding_spread": torch.tensor(0.001)}
+
+    monkeypatch.setattr(SimCLR, "forward", forward)
+    with pytest.warns(CollapseWarning, match="collapsing"):
+        Trainer(cfg_for(tiny_npz, tmp_path / "run", "train.max_steps=2")).fit()
+
+
+def test_same_seed_same_weights_and_environment_recorded(tiny_npz, tmp_path):
+    for name in ("a", "b"):
+        Trainer(cfg_for(tiny_npz, tmp_path / name, "train.max_steps=3")).fit()
+    a = load_file(str(tmp_path / "a" / "encoder.safetensors"))
+    b = load_file(str(tmp_path / "b" / "encoder.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    env = json.loads((tmp_path / "a" / "environment.json").read_text())
+    assert env["seed"] == 0 and env["torch"] == torch.__version__ and "selfsup" in env

@@ -18,7 +18,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from selfsup.train import Trainer
 
     cfg = load_config(args.method, args.config, args.overrides)
-    result = Trainer(cfg, resume=args.resume).fit()
+    result = Trainer(cfg, resume=args.resume, stop_at_step=args.stop_at_step).fit()
     from selfsup.train.distributed import is_main_process
 
     if is_main_process():
@@ -126,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("method", help="method name (see `selfsup methods`)")
     p.add_argument("--config", help="recipe name or YAML file (default: <method>_default)")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument(
+        "--stop-at-step",
+        type=int,
+        help="checkpoint and stop after this step (the schedule is unchanged; --resume continues)",
+    )
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=5")
     p.set_defaults(func=_cmd_train)
 

@@ -188,3 +188,29 @@ def test_same_seed_same_weights_and_environment_recorded(tiny_npz, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     env = json.loads((tmp_path / "a" / "environment.json").read_text())
     assert env["seed"] == 0 and env["torch"] == torch.__version__ and "selfsup" in env
+
+
+def test_folder_with_odd_and_huge_images_trains(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "imgs" / "x"
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)
+    Image.fromarray(rgb).convert("CMYK").save(root / "cmyk.jpg")
+    Image.fromarray(rgb).convert("P").save(root / "palette.png")
+    Image.fromarray(rgb).convert("L").save(root / "grey.png")
+    Image.fromarray(rgb).convert("RGBA").save(root / "rgba.png")
+    Image.fromarray((rng.integers(0, 65535, (30, 30))).astype(np.uint16)).save(root / "deep.png")
+    Image.fromarray(rng.integers(0, 255, (3000, 4000, 3), dtype=np.uint8)).save(root / "big.png")
+    good = (root / "grey.png").read_bytes()
+    (root / "truncated.png").write_bytes(good[: len(good) // 2])
+    cfg = load_config("simclr", None, [f"data.source={tmp_path / 'imgs'}", "data.image_size=16",
+                                       f"out_dir={tmp_path / 'run'}", *COMMON,
+                                       "train.batch_size=4", "train.max_steps=1"])
+    Trainer(cfg).fit()
+    skipped = json.loads((tmp_path / "run" / "skipped_files.json").read_text())
+    assert [p.rsplit("/", 1)[-1] for p, _ in skipped] == ["truncated.png"]
+    start = read_metrics(tmp_path / "run")[0]
+    assert start["images"] == 6

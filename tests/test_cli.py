@@ -160,3 +160,17 @@ def test_quickstart_runs_offline_on_digits(tmp_path, monkeypatch, capsys):
     assert "using scikit-learn's bundled digits" in out
     rows = json.loads((tmp_path / "qs" / "quickstart.json").read_text())
     assert rows[0]["knn@20"] > rows[1]["knn@20"]
+
+
+def test_pretext_metric_of_simclr_run(tiny_npz, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([
+        "train", "simclr", f"out_dir={run}", f"data.source={tiny_npz}",
+        "backbone.name=resnet_tiny", "train.batch_size=16", "train.epochs=1",
+        "train.progress=false", "train.tensorboard=false", "method_args.proj_hidden_dim=32",
+    ]) == 0
+    out = tmp_path / "pretext.json"
+    assert main(["eval", "pretext", str(run), "--data", str(tiny_npz), "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["method"] == "simclr" and row["images"] == 64
+    assert 0.0 <= row["positive_retrieval_top1"] <= 1.0

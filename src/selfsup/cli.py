@@ -41,6 +41,9 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from selfsup.evaluate import evaluate_encoder, load_eval_data
 
+    if args.protocol == "pretext":
+        return _eval_pretext(args)
+
     data = load_eval_data(
         args.data,
         train_split=args.train_split,
@@ -75,6 +78,34 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
         print(f"wrote {args.json}")
+    return 0
+
+
+def _eval_pretext(args: argparse.Namespace) -> int:
+    from selfsup.data import load_source, random_subset_indices
+    from selfsup.evaluate.pretext import evaluate_pretext, load_method
+
+    rows = []
+    for spec in args.encoders:
+        method = load_method(spec, args.device)
+        source = load_source(
+            args.data, split=args.test_split, root=args.root, image_size=method.image_size
+        )
+        if args.test_subset and args.test_subset < len(source):
+            source = source.subset(random_subset_indices(len(source), args.test_subset, args.seed))
+        result = evaluate_pretext(method, source, device=args.device, seed=args.seed)
+        row = {
+            "encoder": spec,
+            "method": method.name,
+            "data": f"{args.data}:{args.test_split}",
+            "images": len(source),
+            **result,
+        }
+        rows.append(row)
+        print(f"{spec}: " + ", ".join(f"{k}={v:.4f}" for k, v in result.items()))
+        _append_eval(Path(spec), row)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
 
 
@@ -141,7 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_config)
 
     p = sub.add_parser("eval", help="evaluate encoders on labeled data")
-    p.add_argument("protocol", choices=["knn", "linear", "all"])
+    p.add_argument(
+        "protocol",
+        choices=["knn", "linear", "all", "pretext"],
+        help="pretext: the method's own task metric on held-out images (run dirs)",
+    )
     p.add_argument(
         "encoders",
         nargs="+",

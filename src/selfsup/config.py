@@ -142,6 +142,8 @@ class TrainConfig(Section):
     progress: bool = True
     tensorboard: bool = True
     knn_monitor: KnnMonitorConfig = KnnMonitorConfig()
+    pictures_every_epochs: int = Field(default=1, ge=0)
+    """Write the method's pictures (reconstructions, ...) to RUN/pictures every N epochs."""
     on_nonfinite: Literal["stop", "skip"] = "stop"
     """A NaN/Inf loss or gradient: ``stop`` (keep the last good checkpoint) or ``skip`` the step."""
     max_skipped_steps: int = Field(default=20, ge=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 
 from selfsup.methods.base import Method, MethodConfig, normalization
+from selfsup.methods.mae import MAE
 from selfsup.methods.simclr import SimCLR
 from selfsup.methods.supervised import Supervised
 
@@ -19,7 +20,7 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
-for _cls in (SimCLR, Supervised):
+for _cls in (SimCLR, Supervised, MAE):
     register_method(_cls)
 
 
@@ -39,6 +40,7 @@ def list_methods() -> list[type[Method]]:
 
 
 __all__ = [
+    "MAE",
     "Method",
     "MethodConfig",
     "SimCLR",

@@ -102,3 +102,23 @@ class Method(nn.Module):
 
     def on_after_step(self, step: int, total_steps: int) -> None:
         """Hook after each optimizer step (momentum encoders, queues, ...)."""
+
+    @torch.no_grad()
+    def pretext_metrics(self, images: Tensor, generator: torch.Generator) -> dict[str, float]:
+        """How well the pretext task is solved on a held-out uint8 batch (N, C, H, W).
+
+        Called in eval mode; the caller averages the values over batches weighted by N.
+        """
+        return {}
+
+    @torch.no_grad()
+    def pictures(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """Named pictures (3, H, W) float in [0, 1] of what the method does with a uint8 batch
+        (reconstructions, colourisations, ...); written to ``RUN/pictures/`` during training."""
+        return {}
+
+    def unnormalize(self, x: Tensor) -> Tensor:
+        """Undo the pipeline's normalisation: (N, C, H, W) -> [0, 1]."""
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return (x.float() * std + mean).clamp(0, 1)

@@ -196,6 +196,7 @@ class Trainer:
             1, round(tcfg.checkpoint_every_epochs * steps_per_epoch)
         )
         knn_every = tcfg.knn_monitor.every_epochs * steps_per_epoch
+        pictures_every = tcfg.pictures_every_epochs * steps_per_epoch
         lr_peak = peak_lr(tcfg.optimizer, tcfg.batch_size)
 
         start_step = 0
@@ -262,6 +263,7 @@ class Trainer:
                         "epoch": step / steps_per_epoch,
                         "total_steps": total_steps,
                         "world_size": world,
+                        "num_classes": num_classes,
                         "encoder": enc_meta,
                     },
                     keep_last=tcfg.keep_last,
@@ -314,8 +316,11 @@ class Trainer:
                 batches = loader.iterate(epoch, start_step=in_epoch)
                 with contextlib.closing(batches):
                     for batch in batches:
-                        lr = set_lr(optimizer, lr_peak,
-                                    lr_at(step, total_steps, warmup_steps, tcfg.schedule))
+                        lr = set_lr(
+                            optimizer,
+                            lr_peak,
+                            lr_at(step, total_steps, warmup_steps, tcfg.schedule),
+                        )
                         loss, metrics, applied = train_step(batch, step)
                         if not applied:
                             self.skipped_steps += 1
@@ -331,8 +336,15 @@ class Trainer:
                                     "lower the learning rate, set train.grad_clip, or set "
                                     "train.on_nonfinite=skip."
                                 )
-                            logger.log({"step": step, "event": "skipped_step", "reason": what,
-                                        "skipped_steps": self.skipped_steps}, step)
+                            logger.log(
+                                {
+                                    "step": step,
+                                    "event": "skipped_step",
+                                    "reason": what,
+                                    "skipped_steps": self.skipped_steps,
+                                },
+                                step,
+                            )
                         step += 1
                         images_since_log += batch.global_size
                         bar.update(1)
@@ -361,16 +373,29 @@ class Trainer:
                                     f"{tcfg.collapse_threshold}: the representation may be "
                                     "collapsing (every image mapped to nearly the same "
                                     "embedding)",
-                                    CollapseWarning, stacklevel=1,
+                                    CollapseWarning,
+                                    stacklevel=1,
                                 )
-                                logger.log({"step": step, "event": "collapse_warning",
-                                            "embedding_spread": spread}, step)
+                                logger.log(
+                                    {
+                                        "step": step,
+                                        "event": "collapse_warning",
+                                        "embedding_spread": spread,
+                                    },
+                                    step,
+                                )
+                        if pictures_every and main and step % pictures_every == 0:
+                            write_pictures(method, source, self.run_dir, step, device)
+                            model.train()
                         if monitor is not None and step % knn_every == 0:
                             result = monitor(method.encoder)
-                            logger.log({"step": step, "epoch": step / steps_per_epoch, **result},
-                                       step)
-                            bar.write(f"step {step}: " + ", ".join(
-                                f"{k}={v:.4f}" for k, v in result.items()))
+                            logger.log(
+                                {"step": step, "epoch": step / steps_per_epoch, **result}, step
+                            )
+                            bar.write(
+                                f"step {step}: "
+                                + ", ".join(f"{k}={v:.4f}" for k, v in result.items())
+                            )
                             model.train()
                         if step >= total_steps or step == self.stop_at_step:
                             break
@@ -461,6 +486,26 @@ class _KnnMonitor:
             num_classes=self.data.num_classes,
         )
         return {f"online_{key}": value for key, value in result.items()}
+
+
+def write_pictures(
+    method: Method, source: ImageSource, run_dir: Path, step: int, device: torch.device
+) -> list[Path]:
+    """Save the method's pictures of a fixed batch of 8 training images as PNGs."""
+    import numpy as np
+    from torchvision.utils import save_image
+
+    images = source.as_tensor_chw(np.arange(min(8, len(source)))).to(device)
+    method.eval()
+    pictures = method.pictures(images, torch.Generator(device=device).manual_seed(0))
+    paths = []
+    if pictures:
+        (run_dir / "pictures").mkdir(exist_ok=True)
+    for name, grid in pictures.items():
+        path = run_dir / "pictures" / f"{name}_step{step:08d}.png"
+        save_image(grid.float().cpu(), path)
+        paths.append(path)
+    return paths
 
 
 def environment(seed: int, world_size: int, device: torch.device) -> dict[str, Any]:

@@ -60,10 +60,13 @@ class MAEConfig(MethodConfig):
     @model_validator(mode="after")
     def _check(self) -> MAEConfig:
         if self.decoder_dim % 4:
-            raise ValueError(f"decoder_dim must be divisible by 4 (2D sin-cos), got {self.decoder_dim}")
+            raise ValueError(
+                f"decoder_dim must be divisible by 4 (2D sin-cos), got {self.decoder_dim}"
+            )
         if self.decoder_dim % self.decoder_heads:
             raise ValueError(
-                f"decoder_dim {self.decoder_dim} not divisible by decoder_heads {self.decoder_heads}"
+                f"decoder_dim {self.decoder_dim} not divisible by "
+                f"decoder_heads {self.decoder_heads}"
             )
         if self.masking == "grid" and abs(self.mask_ratio - 0.75) > 1e-9:
             raise ValueError("masking 'grid' keeps 1 of every 2x2 patches: mask_ratio must be 0.75")
@@ -138,10 +141,15 @@ class MAE(Method):
 
         dim, ddim = encoder.embed_dim, cfg.decoder_dim
         p, c = encoder.patch_size, encoder.in_channels
-        if not cfg.encoder_on_visible_only:
+        # Visible-only: the decoder fills masked positions with ``mask_token``. Full sequence:
+        # the encoder does, with ``encoder_mask_token`` (only the used one exists, for DDP).
+        self.mask_token: nn.Parameter | None = None
+        self.encoder_mask_token: nn.Parameter | None = None
+        if cfg.encoder_on_visible_only:
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, ddim))
+        else:
             self.encoder_mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.decoder_embed = nn.Linear(dim, ddim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, ddim))
         pe = get_2d_sincos_pos_embed(ddim, encoder.grid_size, cls_token=True).unsqueeze(0)
         self.register_buffer("decoder_pos_embed", pe)
         self.decoder_blocks = nn.ModuleList(
@@ -152,9 +160,9 @@ class MAE(Method):
         self._init_decoder()
 
     def _init_decoder(self) -> None:
-        nn.init.normal_(self.mask_token, std=0.02)
-        if not self.cfg.encoder_on_visible_only:
-            nn.init.normal_(self.encoder_mask_token, std=0.02)
+        for token in (self.mask_token, self.encoder_mask_token):
+            if token is not None:
+                nn.init.normal_(token, std=0.02)
         for module in (self.decoder_embed, self.decoder_blocks, self.decoder_pred):
             for m in module.modules():
                 if isinstance(m, nn.Linear):
@@ -200,6 +208,7 @@ class MAE(Method):
             return enc.forward_tokens(enc.embed(x), ids_keep)
         tokens = enc.patch_embed(x)
         m = mask.unsqueeze(-1).to(tokens.dtype)
+        assert self.encoder_mask_token is not None
         tokens = tokens * (1 - m) + self.encoder_mask_token.to(tokens.dtype) * m
         return enc.forward_tokens(tokens + enc.pos_embed[:, 1:, :])
 
@@ -213,6 +222,7 @@ class MAE(Method):
         n, t, d = x.shape
         length = ids_restore.shape[1]
         if t - 1 < length:
+            assert self.mask_token is not None, "encoder output is not the full sequence"
             fill = self.mask_token.to(x.dtype).expand(n, length + 1 - t, d)
             rest = torch.cat([x[:, 1:], fill], dim=1)
             rest = torch.gather(rest, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d))

@@ -156,7 +156,7 @@ def test_training_lowers_masked_loss_and_writes_pictures(tiny_npz, tmp_path):
     assert grid.shape[0] == 3 and 0 <= float(grid.min()) and float(grid.max()) <= 1
 
 
-@pytest.mark.parametrize("recipe", ["mae_default", "mae_cifar10_cpu"])
+@pytest.mark.parametrize("recipe", ["mae_default", "mae_cifar10_vit_tiny", "mae_cifar10_cpu"])
 def test_recipes_load(recipe):
     cfg = load_config("mae", recipe)
     assert cfg.method == "mae" and cfg.backbone.name.startswith("vit")

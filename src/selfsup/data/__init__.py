@@ -1,0 +1,30 @@
+"""Image sources, the decode-once cache, and the deterministic DDP-aware batch loader."""
+
+from selfsup.data.loader import Batch, BatchLoader
+from selfsup.data.sources import (
+    CACHE_FORMAT_VERSION,
+    DEFAULT_FOLDER_IMAGE_SIZE,
+    IMAGE_EXTENSIONS,
+    ImageSource,
+    balanced_subset_indices,
+    default_cache_dir,
+    default_data_root,
+    list_datasets,
+    load_source,
+    random_subset_indices,
+)
+
+__all__ = [
+    "CACHE_FORMAT_VERSION",
+    "DEFAULT_FOLDER_IMAGE_SIZE",
+    "IMAGE_EXTENSIONS",
+    "Batch",
+    "BatchLoader",
+    "ImageSource",
+    "balanced_subset_indices",
+    "default_cache_dir",
+    "default_data_root",
+    "list_datasets",
+    "load_source",
+    "random_subset_indices",
+]

@@ -1,0 +1,846 @@
+"""Image sources: turn a spec (npz file, image folder, dataset name) into uint8 arrays.
+
+Every source ends up as an :class:`ImageSource` holding a uint8 array of shape
+``(N, H, W, C)`` with ``H == W`` (for folders and resized sources) and ``C`` in ``{1, 3}``.
+Image folders are decoded once with PIL into a ``.npy`` cache that later runs open with
+``np.load(mmap_mode="r")``; the cache key covers the file list (sizes and mtimes), the
+image size, the colour mode and a format version, so any change rebuilds it.
+
+Channel handling: sources are never silently turned into RGB. One-channel data (MNIST,
+grey npz files) stays ``C == 1`` unless the caller converts it; ``grayscale=True`` turns
+RGB data into one luminance channel (ITU-R 601-2 weights, as PIL's ``"L"`` mode).
+Image folders are decoded to RGB (``C == 3``) unless ``grayscale=True``. The bundled
+``digits`` dataset is replicated to 3 channels unless ``grayscale=True``. Callers that
+need 3 channels call :meth:`ImageSource.to_rgb`.
+
+Cache: ``cache_dir`` argument, else ``$SELFSUP_CACHE``, else ``~/.cache/selfsup``. Files are
+written atomically (temp file + ``os.replace``), so concurrent builders (e.g. several DDP
+ranks) never see a half-written cache; to avoid decoding twice, build on rank 0 first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+logger = logging.getLogger("selfsup.data")
+
+#: Bumped whenever the on-disk cache layout or the decoding rules change.
+CACHE_FORMAT_VERSION = 1
+#: Image size used for image folders when ``image_size`` is not given.
+DEFAULT_FOLDER_IMAGE_SIZE = 64
+#: File extensions (lower case) considered images inside a folder.
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".gif",
+)
+
+_TORCHVISION_DATASETS = ("cifar10", "cifar100", "stl10", "svhn", "mnist", "fashion_mnist")
+_DATASET_NAMES = (*_TORCHVISION_DATASETS, "digits")
+_PROGRESS_MIN_FILES = 256
+# Luminance weights used by PIL for RGB -> L.
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------
+# The source object
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageSource:
+    """A set of images held as one uint8 array.
+
+    Attributes:
+        images: uint8 array ``(N, H, W, C)``, ``C`` in ``{1, 3}``; may be a read-only
+            ``np.memmap`` (do not write to it).
+        labels: int64 array ``(N,)`` or ``None`` for unlabeled data.
+        classes: class names indexed by label, or ``None``.
+        name: human-readable name (used in logs).
+        skipped: ``(path, reason)`` for every file that could not be read.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray | None = None
+    classes: list[str] | None = None
+    name: str = "images"
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.images, np.ndarray):
+            raise TypeError(f"images must be a numpy array, got {type(self.images).__name__}")
+        if self.images.ndim != 4 or self.images.shape[-1] not in (1, 3):
+            raise ValueError(
+                f"images must have shape (N, H, W, C) with C in {{1, 3}}, got {self.images.shape}"
+            )
+        if self.images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8, got {self.images.dtype}")
+        if self.labels is not None:
+            self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+            if len(self.labels) != len(self.images):
+                raise ValueError(
+                    f"{len(self.labels)} labels for {len(self.images)} images in {self.name}"
+                )
+        if self.classes is not None:
+            self.classes = [str(c) for c in self.classes]
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def image_size(self) -> int:
+        """Image height ``H`` (equal to the width for square sources)."""
+        return int(self.images.shape[1])
+
+    @property
+    def num_channels(self) -> int:
+        """Number of channels ``C`` (1 or 3)."""
+        return int(self.images.shape[3])
+
+    def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> ImageSource:
+        """Return a new in-memory source with the rows ``indices`` (in that order)."""
+        idx = _as_index_array(indices)
+        return ImageSource(
+            images=_gather(self.images, idx),
+            labels=None if self.labels is None else self.labels[idx],
+            classes=None if self.classes is None else list(self.classes),
+            name=self.name,
+            skipped=list(self.skipped),
+        )
+
+    def to_rgb(self) -> ImageSource:
+        """Return a 3-channel version (1-channel images are replicated; in memory)."""
+        if self.num_channels == 3:
+            return self
+        return ImageSource(
+            images=np.repeat(np.asarray(self.images), 3, axis=3),
+            labels=self.labels,
+            classes=None if self.classes is None else list(self.classes),
+            name=self.name,
+            skipped=list(self.skipped),
+        )
+
+    def as_tensor_chw(
+        self, indices: Sequence[int] | np.ndarray | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Return the images ``indices`` (all if ``None``) as a contiguous uint8 tensor
+        of shape ``(n, C, H, W)``."""
+        idx = np.arange(len(self)) if indices is None else _as_index_array(indices)
+        return torch.from_numpy(_gather_nchw(self.images, idx))
+
+
+def _as_index_array(indices: Sequence[int] | np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(indices, torch.Tensor):
+        indices = indices.detach().cpu().numpy()
+    return np.asarray(indices, dtype=np.int64).reshape(-1)
+
+
+def _gather(images: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``images[idx]`` read in sorted order (memmap friendly), returned in ``idx`` order."""
+    if len(idx) == 0:
+        return np.empty((0, *images.shape[1:]), dtype=images.dtype)
+    order = np.argsort(idx, kind="stable")
+    rows = images[idx[order]]
+    out = np.empty_like(rows)
+    out[order] = rows
+    return out
+
+
+def _gather_nchw(images: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``images[idx]`` as a contiguous ``(n, C, H, W)`` array (read in sorted order).
+
+    The NHWC -> NCHW transpose is done by numpy: for uint8 it is several times faster than
+    ``torch.permute(...).contiguous()``.
+    """
+    if len(idx) == 0:
+        return np.empty((0, images.shape[3], *images.shape[1:3]), dtype=images.dtype)
+    order = np.argsort(idx, kind="stable")
+    rows = images[idx[order]]  # sorted reads: sequential on a memmap
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return np.ascontiguousarray(rows.transpose(0, 3, 1, 2)[inverse])
+
+
+# --------------------------------------------------------------------------------------
+# Subset helpers
+# --------------------------------------------------------------------------------------
+
+
+def random_subset_indices(n_total: int, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` distinct indices drawn uniformly from ``range(n_total)``, sorted, int64 ``(n,)``.
+
+    If ``n >= n_total`` all indices are returned.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if n >= n_total:
+        return np.arange(n_total, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_total, size=n, replace=False)).astype(np.int64)
+
+
+def balanced_subset_indices(
+    labels: np.ndarray | Sequence[int], n: int, seed: int = 0
+) -> np.ndarray:
+    """``n`` indices with classes as balanced as possible, sorted, int64 ``(n,)``.
+
+    Each class contributes ``n // K`` samples (the remainder going to randomly chosen
+    classes); a class with too few samples gives all of them and the shortfall is spread
+    over the other classes. If ``n >= len(labels)`` all indices are returned.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if n >= len(labels):
+        return np.arange(len(labels), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    class_rank = rng.permutation(len(classes))  # random tie-break between classes
+    all_idx, all_pos, all_rank = [], [], []
+    for c, rank in zip(classes, class_rank, strict=True):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        all_idx.append(idx)
+        all_pos.append(np.arange(len(idx)))
+        all_rank.append(np.full(len(idx), rank))
+    idx, pos, rank = (np.concatenate(a) for a in (all_idx, all_pos, all_rank))
+    # Round-robin over classes: first every class's 1st sample, then every 2nd, ...
+    order = np.lexsort((rank, pos))
+    return np.sort(idx[order[:n]]).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------
+# Small utilities
+# --------------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    """``$SELFSUP_CACHE`` if set, else ``~/.cache/selfsup``."""
+    env = os.environ.get("SELFSUP_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "selfsup"
+
+
+def default_data_root() -> Path:
+    """``$SELFSUP_DATA`` if set, else ``./data``."""
+    env = os.environ.get("SELFSUP_DATA")
+    return Path(env).expanduser() if env else Path("data")
+
+
+def list_datasets() -> list[str]:
+    """Names accepted by :func:`load_source` as a dataset spec."""
+    return list(_DATASET_NAMES)
+
+
+def _hash(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp_path)`` on a temp file next to ``path``, then rename it over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _save_json(path: Path, obj: object) -> None:
+    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj)))
+
+
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=total < _PROGRESS_MIN_FILES)
+
+
+def _to_grayscale(images: np.ndarray) -> np.ndarray:
+    """``(N, H, W, 3)`` uint8 -> ``(N, H, W, 1)`` uint8 luminance."""
+    out = np.empty((*images.shape[:3], 1), dtype=np.uint8)
+    for i in range(0, len(images), 4096):  # chunked to bound float memory
+        chunk = images[i : i + 4096].astype(np.float32) @ _LUMA
+        out[i : i + 4096, ..., 0] = np.clip(np.rint(chunk), 0, 255).astype(np.uint8)
+    return out
+
+
+def _fit(im: Image.Image, size: int) -> Image.Image:
+    """Shorter-side resize to ``size`` (antialiased bilinear) + centre crop to a square."""
+    if im.size == (size, size):
+        return im
+    return ImageOps.fit(im, (size, size), method=Image.Resampling.BILINEAR)
+
+
+def _resize_array(img: np.ndarray, size: int) -> np.ndarray:
+    """One ``(H, W, C)`` uint8 image -> ``(size, size, C)`` uint8."""
+    if img.shape[0] == size and img.shape[1] == size:
+        return img
+    im = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+    out = np.asarray(_fit(im, size))
+    return out[..., None] if out.ndim == 2 else out
+
+
+# --------------------------------------------------------------------------------------
+# Arrays (npz files and named datasets)
+# --------------------------------------------------------------------------------------
+
+
+def _images_to_uint8(images: np.ndarray, where: str) -> np.ndarray:
+    """Accept uint8 as is; convert other dtypes explicitly or raise.
+
+    * floats with values in ``[0, 1]`` are scaled by 255; floats in ``[0, 255]`` are rounded;
+    * integers with values in ``[0, 255]`` are cast;
+    * anything else raises ``ValueError``.
+    """
+    if images.dtype == np.uint8:
+        return images
+    if images.dtype.kind not in "fiu" or images.size == 0:
+        raise ValueError(f"{where}: images must be uint8, got dtype {images.dtype}")
+    lo, hi = float(images.min()), float(images.max())
+    if images.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
+        logger.info("%s: converting float images in [0, 1] to uint8 (x255)", where)
+        return np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
+    if lo >= 0 and hi <= 255:
+        logger.info("%s: converting %s images in [0, 255] to uint8", where, images.dtype)
+        return np.clip(np.rint(images), 0, 255).astype(np.uint8)
+    raise ValueError(
+        f"{where}: images must be uint8 (or floats in [0, 1] / values in [0, 255]); "
+        f"got dtype {images.dtype} with range [{lo}, {hi}]"
+    )
+
+
+def _normalise_array(images: np.ndarray, where: str) -> np.ndarray:
+    """Return ``(N, H, W, C)`` uint8 with C in {1, 3} (``(N, H, W)`` becomes C=1)."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise ValueError(
+            f"{where}: images must have shape (N, H, W), (N, H, W, 1) or (N, H, W, 3); "
+            f"got {images.shape}"
+        )
+    images = _images_to_uint8(images, where)
+    if images.shape[-1] == 4:  # RGBA: drop alpha
+        images = images[..., :3]
+    return images
+
+
+def _finish_arrays(
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    classes: list[str] | None,
+    *,
+    name: str,
+    image_size: int | None,
+    grayscale: bool,
+    cache_dir: Path,
+    key_parts: dict,
+) -> ImageSource:
+    """Apply grayscale conversion and resizing (cached on disk) to an in-memory array."""
+    if grayscale and images.shape[-1] == 3:
+        images = _to_grayscale(images)
+    needs_resize = image_size is not None and images.shape[1:3] != (image_size, image_size)
+    if needs_resize:
+        key = _hash({**key_parts, "size": image_size, "gray": grayscale, "v": CACHE_FORMAT_VERSION})
+        path = cache_dir / f"{_safe(name)}-{image_size}px-{key}.npy"
+        if not path.exists():
+            logger.info(
+                "%s: resizing %d images to %dpx into %s", name, len(images), image_size, path
+            )
+            shape = (len(images), image_size, image_size, images.shape[-1])
+
+            def write(tmp: Path) -> None:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+                with _progress(len(images), f"resize {name}") as bar:
+                    for i in range(len(images)):
+                        out[i] = _resize_array(images[i], image_size)
+                        bar.update(1)
+                out.flush()
+                del out
+
+            _atomic_write(path, write)
+        images = np.load(path, mmap_mode="r")
+    return ImageSource(images=images, labels=labels, classes=classes, name=name)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "source"
+
+
+def _load_npz(
+    path: Path, *, name: str, image_size: int | None, grayscale: bool, cache_dir: Path
+) -> ImageSource:
+    with np.load(path, allow_pickle=False) as data:
+        members = list(data.files)
+        if "images" not in members:
+            raise ValueError(f"{path}: no 'images' member in npz file; members present: {members}")
+        images = _normalise_array(data["images"], str(path))
+        labels = data["labels"].astype(np.int64).reshape(-1) if "labels" in members else None
+        classes = [str(c) for c in data["classes"].reshape(-1)] if "classes" in members else None
+    st = path.stat()
+    key_parts = {"npz": str(path.resolve()), "bytes": st.st_size, "mtime": st.st_mtime_ns}
+    return _finish_arrays(
+        images,
+        labels,
+        classes,
+        name=name,
+        image_size=image_size,
+        grayscale=grayscale,
+        cache_dir=cache_dir,
+        key_parts=key_parts,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Image folders
+# --------------------------------------------------------------------------------------
+
+
+def _pil_to_8bit(im: Image.Image) -> Image.Image:
+    """Convert any PIL mode to ``"L"``, ``"RGB"`` or ``"RGBA"`` (8 bit per channel).
+
+    16-bit / 32-bit integer images (``I;16*``, ``I``) are scaled by 1/257 when their values
+    exceed 255; float images (``F``) in ``[0, 1]`` are scaled by 255.
+    """
+    if im.mode in ("L", "RGB", "RGBA"):
+        return im
+    if im.mode.startswith("I") or im.mode == "F":
+        arr = np.asarray(im).astype(np.float64)
+        if im.mode == "F" and arr.size and arr.max() <= 1.0:
+            arr = arr * 255.0
+        elif im.mode.startswith("I;16") or (arr.size and arr.max() > 255):
+            arr = arr / 257.0
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+    if im.mode in ("LA", "La", "PA", "RGBa") or (im.mode == "P" and "transparency" in im.info):
+        return im.convert("RGBA")
+    if im.mode == "1":
+        return im.convert("L")
+    return im.convert("RGB")  # P, CMYK, YCbCr, LAB, HSV, ...
+
+
+def _decode_image(path: str, image_size: int, grayscale: bool) -> np.ndarray:
+    """Decode one file to ``(image_size, image_size, C)`` uint8, C = 1 if ``grayscale`` else 3.
+
+    Raises on unreadable, truncated or non-image files. Transparent images are composited
+    on white; EXIF orientation is applied; the shorter side is resized to ``image_size``
+    (antialiased bilinear) and the centre is cropped.
+    """
+    with Image.open(path) as im:
+        if im.format == "JPEG":
+            im.draft(im.mode, (image_size, image_size))  # fast DCT downscale, keeps >= size
+        im.load()  # raises on truncated data
+        try:
+            im = ImageOps.exif_transpose(im)
+        except Exception:  # malformed EXIF must not lose the image
+            pass
+        im = _pil_to_8bit(im)
+        if im.mode == "RGBA":
+            background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(background, im).convert("RGB")
+        im = im.convert("L" if grayscale else "RGB")
+        arr = np.asarray(_fit(im, image_size), dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    return arr
+
+
+def _scan_folder(
+    root: Path,
+) -> tuple[list[str], list[int] | None, list[str] | None, list[tuple[str, str]]]:
+    """Return (relative image files, labels or None, classes or None, ignored files).
+
+    Sub-folders of ``root`` are classes (sorted names; files found recursively inside);
+    without sub-folders the top-level files are an unlabeled set. Hidden entries (names
+    starting with ``.``) are ignored silently; other non-image files are returned as
+    ``(relative path, reason)``.
+    """
+    entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    class_dirs = [p for p in entries if p.is_dir()]
+    files: list[str] = []
+    ignored: list[tuple[str, str]] = []
+
+    def add(path: Path) -> bool:
+        rel = path.relative_to(root).as_posix()
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            files.append(rel)
+            return True
+        ignored.append((rel, f"not an image extension ({path.suffix or 'none'})"))
+        return False
+
+    if not class_dirs:
+        for p in entries:
+            add(p)
+        return files, None, None, ignored
+    classes = [p.name for p in class_dirs]
+    labels: list[int] = []
+    for label, d in enumerate(class_dirs):
+        for dirpath, dirnames, filenames in os.walk(d, followlinks=True):
+            dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+            for fname in sorted(filenames):
+                if not fname.startswith(".") and add(Path(dirpath) / fname):
+                    labels.append(label)
+    ignored.extend((p.name, "not in a class folder") for p in entries if not p.is_dir())
+    return files, labels, classes, ignored
+
+
+def _decode_all(
+    root: Path, files: list[str], image_size: int, grayscale: bool, out: np.ndarray
+) -> tuple[list[int], list[tuple[str, str]]]:
+    """Decode ``files`` into consecutive rows of ``out``; return (kept positions, skipped)."""
+    kept: list[int] = []
+    skipped: list[tuple[str, str]] = []
+
+    def work(rel: str) -> np.ndarray | str:
+        try:
+            return _decode_image(str(root / rel), image_size, grayscale)
+        except Exception as e:  # any failure = unreadable file
+            return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with (
+        ThreadPoolExecutor(max_workers=workers) as pool,
+        _progress(len(files), f"decode {root.name}") as bar,
+    ):
+        for i, result in enumerate(pool.map(work, files)):
+            if isinstance(result, str):
+                skipped.append((str(root / files[i]), result))
+            else:
+                out[len(kept)] = result
+                kept.append(i)
+            bar.update(1)
+    return kept, skipped
+
+
+def _load_folder(root: Path, *, image_size: int, grayscale: bool, cache_dir: Path) -> ImageSource:
+    files, labels, classes, ignored = _scan_folder(root)
+    name = root.resolve().name
+    stats = []
+    for rel in files + [rel for rel, _ in ignored]:
+        st = (root / rel).stat()
+        stats.append((rel, st.st_size, st.st_mtime_ns))
+    key = _hash(
+        {
+            "root": str(root.resolve()),
+            "files": sorted(stats),
+            "size": image_size,
+            "gray": grayscale,
+            "v": CACHE_FORMAT_VERSION,
+        }
+    )
+    stem = f"{_safe(name)}-{image_size}px-{key}"
+    npy_path, meta_path = cache_dir / f"{stem}.npy", cache_dir / f"{stem}.json"
+
+    if meta_path.exists() and npy_path.exists():
+        meta = json.loads(meta_path.read_text())
+        images = np.load(npy_path, mmap_mode="r")
+        logger.info("%s: loaded %d cached images from %s", root, len(images), npy_path)
+        return ImageSource(
+            images=images,
+            labels=None if meta["labels"] is None else np.asarray(meta["labels"], np.int64),
+            classes=meta["classes"],
+            name=name,
+            skipped=[(p, r) for p, r in meta["skipped"]],
+        )
+
+    skipped = [(str(root / rel), reason) for rel, reason in ignored]
+    kept: list[int] = []
+
+    def report() -> None:
+        if skipped:
+            shown = ", ".join(f"{p} ({r})" for p, r in skipped[:5])
+            logger.warning(
+                "%s: skipped %d unreadable/non-image file(s): %s%s",
+                root,
+                len(skipped),
+                shown,
+                ", ..." if len(skipped) > 5 else "",
+            )
+        if not kept:
+            raise ValueError(f"no readable image in {root} ({len(skipped)} file(s) skipped)")
+
+    if not files:
+        report()
+    logger.info("%s: decoding %d files to %dpx (cache %s)", root, len(files), image_size, npy_path)
+
+    def write(tmp: Path) -> None:
+        shape = (len(files), image_size, image_size, 1 if grayscale else 3)
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        good, bad = _decode_all(root, files, image_size, grayscale, out)
+        kept.extend(good)
+        skipped.extend(bad)
+        report()  # raises (and the temp file is removed) if nothing was readable
+        if len(kept) == len(files):
+            out.flush()
+            del out
+            return
+        # Some files were bad: rewrite with only the decoded rows (they are at the front).
+        tmp2 = tmp.with_suffix(".compact")
+        try:
+            small = np.lib.format.open_memmap(
+                tmp2, mode="w+", dtype=np.uint8, shape=(len(kept), *shape[1:])
+            )
+            for i in range(0, len(kept), 4096):
+                j = min(i + 4096, len(kept))
+                small[i:j] = out[i:j]
+            small.flush()
+            del small, out
+            os.replace(tmp2, tmp)
+        finally:
+            tmp2.unlink(missing_ok=True)
+
+    _atomic_write(npy_path, write)
+    kept_labels = None if labels is None else [labels[i] for i in kept]
+    _save_json(
+        meta_path,
+        {
+            "labels": kept_labels,
+            "classes": classes,
+            "skipped": skipped,
+            "root": str(root.resolve()),
+            "image_size": image_size,
+            "version": CACHE_FORMAT_VERSION,
+        },
+    )
+    return ImageSource(
+        images=np.load(npy_path, mmap_mode="r"),
+        labels=None if kept_labels is None else np.asarray(kept_labels, np.int64),
+        classes=classes,
+        name=name,
+        skipped=skipped,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Named datasets
+# --------------------------------------------------------------------------------------
+
+
+def _load_digits(split: str, image_size: int | None, grayscale: bool) -> ImageSource:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if split not in ("train", "test"):
+        raise ValueError(f"digits: split must be 'train' or 'test', got {split!r}")
+    bunch = load_digits()
+    y = bunch.target.astype(np.int64)
+    train_idx, test_idx = train_test_split(
+        np.arange(len(y)), test_size=0.2, stratify=y, random_state=0, shuffle=True
+    )
+    idx = np.sort(train_idx if split == "train" else test_idx)
+    size = image_size or 32
+    grey = np.clip(np.rint(bunch.images[idx] * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    out = np.empty((len(idx), size, size, 1 if grayscale else 3), dtype=np.uint8)
+    for i, img in enumerate(grey):
+        up = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR))
+        out[i] = up[..., None]
+    return ImageSource(
+        images=out, labels=y[idx], classes=[str(i) for i in range(10)], name=f"digits-{split}"
+    )
+
+
+def _torchvision_arrays(
+    name: str, split: str, root: Path, download: bool
+) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
+    """Construct the torchvision dataset and return (images NHWC uint8, labels, classes)."""
+    import torchvision.datasets as tvd
+
+    ds_root = str(root / name)
+    two_way = {
+        "cifar10": tvd.CIFAR10,
+        "cifar100": tvd.CIFAR100,
+        "mnist": tvd.MNIST,
+        "fashion_mnist": tvd.FashionMNIST,
+    }
+    if name in two_way:
+        if split not in ("train", "test"):
+            raise ValueError(f"{name}: split must be 'train' or 'test', got {split!r}")
+        ds = two_way[name](root=ds_root, train=split == "train", download=download)
+    elif name == "stl10":
+        if split not in ("train", "test", "unlabeled", "train+unlabeled"):
+            raise ValueError(
+                f"stl10: split must be train/test/unlabeled/train+unlabeled, got {split!r}"
+            )
+        ds = tvd.STL10(root=ds_root, split=split, download=download)
+    elif name == "svhn":
+        if split not in ("train", "test", "extra"):
+            raise ValueError(f"svhn: split must be train/test/extra, got {split!r}")
+        ds = tvd.SVHN(root=ds_root, split=split, download=download)
+    else:  # pragma: no cover - guarded by caller
+        raise ValueError(f"unknown dataset {name!r}")
+
+    data = getattr(ds, "data", None)
+    if data is not None:
+        images = data.numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
+        if name in ("stl10", "svhn"):  # stored as (N, C, H, W)
+            images = images.transpose(0, 2, 3, 1)
+    else:  # generic (slow) path through __getitem__
+        images = np.stack([np.asarray(ds[i][0]) for i in range(len(ds))])
+    raw = getattr(ds, "targets", None)
+    if raw is None:
+        raw = getattr(ds, "labels", None)
+    labels = None
+    if raw is not None:
+        labels = (raw.numpy() if isinstance(raw, torch.Tensor) else np.asarray(raw)).astype(
+            np.int64
+        )
+        if labels.size and (labels < 0).all():  # STL10 unlabeled split: all -1
+            labels = None
+    classes = getattr(ds, "classes", None)
+    if classes is None and name == "svhn":
+        classes = [str(i) for i in range(10)]
+    return np.ascontiguousarray(images), labels, classes
+
+
+def _load_named(
+    name: str,
+    *,
+    split: str,
+    root: Path,
+    image_size: int | None,
+    cache_dir: Path,
+    download: bool,
+    grayscale: bool,
+) -> ImageSource:
+    if name == "digits":
+        return _load_digits(split, image_size, grayscale)
+    label = f"{name}-{split}"
+    npz = root / name / f"{split}.npz"
+    if npz.is_file():
+        return _load_npz(
+            npz, name=label, image_size=image_size, grayscale=grayscale, cache_dir=cache_dir
+        )
+
+    cached = cache_dir / f"{name}-{split}-{_hash(str(root.resolve()))[:12]}.npz"
+    if not cached.is_file():
+        hint = (
+            f"dataset {name!r} (split {split!r}) not found: looked for {npz} and for the "
+            f"torchvision files under {root / name}; pass download=True "
+            f"(CLI: data.download=true) to download it, or set SELFSUP_DATA / root"
+        )
+        if not download and not (root / name).exists():
+            raise FileNotFoundError(hint)
+        try:
+            images, labels, classes = _torchvision_arrays(name, split, root, download)
+        except RuntimeError as e:
+            if download:
+                raise
+            raise FileNotFoundError(f"{hint} ({e})") from e
+        members: dict[str, np.ndarray] = {"images": images}
+        if labels is not None:
+            members["labels"] = labels
+        if classes is not None:
+            members["classes"] = np.asarray(classes, dtype=str)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, **members)
+
+        _atomic_write(cached, write)
+    return _load_npz(
+        cached, name=label, image_size=image_size, grayscale=grayscale, cache_dir=cache_dir
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------
+
+
+def load_source(
+    spec: str,
+    *,
+    split: str = "train",
+    root: str | None = None,
+    image_size: int | None = None,
+    cache_dir: str | None = None,
+    download: bool = False,
+    grayscale: bool = False,
+) -> ImageSource:
+    """Load images described by ``spec`` into an :class:`ImageSource`.
+
+    Args:
+        spec: one of
+            * a path to an ``.npz`` file with member ``images`` (uint8 ``(N, H, W, C)`` or
+              ``(N, H, W)``), optional ``labels`` (int ``(N,)``) and ``classes`` (str ``(K,)``).
+              Float images in ``[0, 1]`` are scaled by 255, other values in ``[0, 255]`` are
+              rounded; anything else raises ``ValueError``. 1-channel images stay ``C == 1``.
+            * a directory: an ImageFolder tree (sub-folders = classes, sorted) or a flat folder
+              of images (unlabeled). Decoded once to RGB (or L if ``grayscale``), resized
+              (shorter side + centre crop) to ``image_size`` (default
+              :data:`DEFAULT_FOLDER_IMAGE_SIZE` = 64) and cached as ``.npy``.
+            * a dataset name from :func:`list_datasets` (case-insensitive, ``-`` = ``_``),
+              looked up under the data root: first ``<root>/<name>/<split>.npz``, then the
+              torchvision files under ``<root>/<name>`` (converted once to an npz in the
+              cache dir). A bare name always means the dataset; write ``./cifar10`` to load
+              a local folder of that name.
+        split: dataset split for named datasets (``train``/``test``; STL10 also
+            ``unlabeled``/``train+unlabeled``; SVHN also ``extra``). Ignored for paths.
+        root: data root for named datasets; default ``$SELFSUP_DATA`` or ``./data``.
+        image_size: output side length. For arrays, images are resized (once, cached) only if
+            given and different; for folders it defaults to 64; for ``digits`` to 32.
+        cache_dir: cache location; default ``$SELFSUP_CACHE`` or ``~/.cache/selfsup``.
+        download: allow torchvision to download a missing named dataset.
+        grayscale: return one luminance channel (``C == 1``).
+
+    Returns:
+        An :class:`ImageSource` with uint8 images ``(N, H, W, C)``.
+
+    Raises:
+        FileNotFoundError: the path does not exist, or a named dataset is missing and
+            ``download`` is false.
+        ValueError: malformed npz, no readable image in a folder, bad split or dtype.
+    """
+    if image_size is not None and image_size <= 0:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    name = spec.strip().lower().replace("-", "_")
+    path = Path(spec).expanduser()
+    if name in _DATASET_NAMES:  # a bare name always means the dataset; use ./name for a path
+        data_root = Path(root).expanduser() if root else default_data_root()
+        return _load_named(
+            name,
+            split=split,
+            root=data_root,
+            image_size=image_size,
+            cache_dir=cache,
+            download=download,
+            grayscale=grayscale,
+        )
+    if not path.exists():
+        raise FileNotFoundError(
+            f"image source not found: {spec} (not a file, a folder, or one of {list_datasets()})"
+        )
+    if path.is_dir():
+        return _load_folder(
+            path,
+            image_size=image_size or DEFAULT_FOLDER_IMAGE_SIZE,
+            grayscale=grayscale,
+            cache_dir=cache,
+        )
+    if path.suffix.lower() == ".npz":
+        return _load_npz(
+            path, name=path.stem, image_size=image_size, grayscale=grayscale, cache_dir=cache
+        )
+    raise ValueError(f"unsupported image source {path}: expected an .npz file or a folder")

@@ -82,8 +82,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _eval_pretext(args: argparse.Namespace) -> int:
+    import torch
+
     from selfsup.data import load_source, random_subset_indices
     from selfsup.evaluate.pretext import evaluate_pretext, load_method
+    from selfsup.train.trainer import write_pictures
 
     rows = []
     for spec in args.encoders:
@@ -94,11 +97,14 @@ def _eval_pretext(args: argparse.Namespace) -> int:
         if args.test_subset and args.test_subset < len(source):
             source = source.subset(random_subset_indices(len(source), args.test_subset, args.seed))
         result = evaluate_pretext(method, source, device=args.device, seed=args.seed)
+        tag = "".join(c if c.isalnum() else "_" for c in f"eval_{args.data}_{args.test_split}")
+        pictures = write_pictures(method, source, Path(spec), tag, torch.device(args.device))
         row = {
             "encoder": spec,
             "method": method.name,
             "data": f"{args.data}:{args.test_split}",
             "images": len(source),
+            "pictures": [str(p) for p in pictures],
             **result,
         }
         rows.append(row)

@@ -1,5 +1,6 @@
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -140,6 +141,18 @@ def test_training_lowers_masked_loss_and_writes_pictures(tiny_npz, tmp_path):
     # predicting each patch's mean scores 1.0 with norm_pix_loss; the model must do far better
     assert last < 0.6 and last < 0.7 * first, (first, last)
     assert list((run / "pictures").glob("reconstruction_step*.png"))
+
+    # the CLI's pretext evaluation rebuilds the method and draws the held-out reconstructions
+    from selfsup.cli import main
+
+    out = tmp_path / "pretext.json"
+    assert main(["eval", "pretext", str(run), "--data", str(tiny_npz), "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["method"] == "mae" and row["masked_psnr"] > 10
+    assert row["masked_loss"] < 0.8
+    (picture,) = row["pictures"]
+    assert picture.rsplit("/", 1)[-1].startswith("reconstruction_eval_")
+    assert picture.endswith("_test.png") and os.path.getsize(picture) > 0
 
     method = get_method("mae")(
         build_backbone("vit_micro", image_size=16, patch_size=4),

@@ -385,7 +385,7 @@ class Trainer:
                                     step,
                                 )
                         if pictures_every and main and step % pictures_every == 0:
-                            write_pictures(method, source, self.run_dir, step, device)
+                            write_pictures(method, source, self.run_dir, f"step{step:08d}", device)
                             model.train()
                         if monitor is not None and step % knn_every == 0:
                             result = monitor(method.encoder)
@@ -489,9 +489,10 @@ class _KnnMonitor:
 
 
 def write_pictures(
-    method: Method, source: ImageSource, run_dir: Path, step: int, device: torch.device
+    method: Method, source: ImageSource, run_dir: Path, tag: str, device: torch.device
 ) -> list[Path]:
-    """Save the method's pictures of a fixed batch of 8 training images as PNGs."""
+    """Save the method's pictures of the first 8 images of ``source`` as
+    ``RUN/pictures/{name}_{tag}.png``."""
     import numpy as np
     from torchvision.utils import save_image
 
@@ -502,7 +503,7 @@ def write_pictures(
     if pictures:
         (run_dir / "pictures").mkdir(exist_ok=True)
     for name, grid in pictures.items():
-        path = run_dir / "pictures" / f"{name}_step{step:08d}.png"
+        path = run_dir / "pictures" / f"{name}_{tag}.png"
         save_image(grid.float().cpu(), path)
         paths.append(path)
     return paths

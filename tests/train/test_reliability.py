@@ -214,3 +214,41 @@ def test_folder_with_odd_and_huge_images_trains(tmp_path):
     assert [p.rsplit("/", 1)[-1] for p, _ in skipped] == ["truncated.png"]
     start = read_metrics(tmp_path / "run")[0]
     assert start["images"] == 6
+
+
+KILL_MID_WRITE = """
+import sys, time
+import selfsup.train.checkpoint as ck
+from selfsup.cli import main
+
+original = ck._fsync
+
+def slow_fsync(path):
+    # stall inside the write of step 3's checkpoint, after some of its files exist
+    if ".step_00000003.partial" in str(path) and path.name == "train_state.pt":
+        print("WRITING", flush=True)
+        time.sleep(60)
+    original(path)
+
+ck._fsync = slow_fsync
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tiny_npz, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "run"
+    args = cli(tiny_npz, run)[3:]  # drop "python -m selfsup"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_MID_WRITE, *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout.readline().strip() == "WRITING"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (run / "checkpoints" / ".step_00000003.partial" / "model.safetensors").exists()
+    assert latest_checkpoint(run).name == "step_00000002"
+    finished = subprocess.run(cli(tiny_npz, run) + ["--resume"], env=env, capture_output=True,
+                              text=True)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "resuming" in finished.stdout and "from step 2" in finished.stdout
+    assert not (run / "checkpoints" / ".step_00000003.partial").exists()

@@ -60,3 +60,19 @@ def test_supervised_needs_labels():
     loss, metrics = m(images, torch.tensor([0, 1, 2, 0, 1, 2]), torch.Generator().manual_seed(0))
     assert abs(loss.item() - torch.log(torch.tensor(3.0)).item()) < 1.0
     assert "train_accuracy" in metrics
+
+
+def test_simclr_positive_retrieval_metric():
+    cfg = SimCLR.Config(proj_hidden_dim=32, proj_out_dim=8)
+    images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8)
+    # identical views (deterministic pipeline): each view's nearest neighbour is its pair
+    same = SimCLR(build_backbone("resnet_tiny"), cfg, image_size=16, mean=(0.5,) * 3,
+                  std=(0.25,) * 3, augment="eval").eval()
+    assert same.pretext_metrics(images, torch.Generator().manual_seed(0)) == {
+        "positive_retrieval_top1": 1.0
+    }
+    # strong random views from an untrained model: not every pair is found
+    m = _simclr().eval()
+    g = torch.Generator().manual_seed(0)
+    a = m.pretext_metrics(images, g)["positive_retrieval_top1"]
+    assert 0.0 <= a < 1.0

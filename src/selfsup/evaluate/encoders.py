@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,6 @@ class LoadedEncoder:
     """A string that changes when the weights change (used as a feature-cache key)."""
     label: str
     run_dir: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def encoder_meta(

@@ -89,16 +89,6 @@ def gather_with_grad(x: Tensor) -> Tensor:
     return torch.cat(_GatherWithGrad.apply(x), dim=0)
 
 
-@torch.no_grad()
-def gather_no_grad(x: Tensor) -> Tensor:
-    """All-gather without gradients (queues, features for evaluation)."""
-    if not is_distributed() or get_world_size() == 1:
-        return x
-    out = [torch.empty_like(x) for _ in range(get_world_size())]
-    dist.all_gather(out, x.contiguous())
-    return torch.cat(out, dim=0)
-
-
 def all_reduce_mean(x: Tensor) -> Tensor:
     if not is_distributed():
         return x

@@ -10,7 +10,6 @@ interrupted one stopped.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import time
@@ -28,7 +27,6 @@ from selfsup.config import RunConfig, dump_config
 from selfsup.data import BatchLoader, ImageSource, load_source, random_subset_indices
 from selfsup.errors import TrainingError, TrainingInterrupted
 from selfsup.evaluate.encoders import encoder_meta
-from selfsup.evaluate.features import autocast_dtype, use_channels_last
 from selfsup.methods import Method, get_method, normalization
 from selfsup.train import distributed as dist_utils
 from selfsup.train.checkpoint import (
@@ -40,6 +38,7 @@ from selfsup.train.checkpoint import (
 )
 from selfsup.train.metrics_log import MetricsLogger
 from selfsup.train.optim import build_optimizer, lr_at, peak_lr, set_lr
+from selfsup.train.precision import autocast_dtype, use_channels_last
 from selfsup.train.signals import StopRequest
 
 
@@ -534,7 +533,3 @@ def environment(seed: int, world_size: int, device: torch.device) -> dict[str, A
         "argv": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / "summary.json").read_text())

@@ -12,6 +12,9 @@ the same triple, so a method can switch strategies freely:
 Every sample of a batch has exactly the same number ``L_keep`` of visible patches, so the
 visible tokens batch into one dense (n, L_keep, dim) tensor.
 
+The three strategies are excluded from ``torch.compile`` (``torch.compiler.disable``): a
+``torch.Generator`` cannot be traced, so inside a compiled training step they run eagerly.
+
 Example:
     >>> import torch
     >>> g = torch.Generator().manual_seed(0)
@@ -60,6 +63,7 @@ def masks_from_bool(masked: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return ids_shuffle[:, :length_keep], masked.float(), ids_restore
 
 
+@torch.compiler.disable
 def random_masking(
     n: int, num_patches: int, mask_ratio: float, generator: torch.Generator, device: Any = None
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -154,6 +158,7 @@ def _fix_count(masked: Tensor, target: int, noise: Tensor) -> Tensor:
     return flat
 
 
+@torch.compiler.disable
 def block_masking(
     n: int,
     grid_size: int,
@@ -208,6 +213,7 @@ def block_masking(
     return masks_from_bool(flat.to(out_device))
 
 
+@torch.compiler.disable
 def grid_masking(
     n: int,
     grid_size: int,

@@ -11,6 +11,12 @@ Parameters are stored in a size-independent way where needed (``RandomResizedCro
 uniform draws and turns them into pixel boxes in ``apply``), so the same parameters can be
 sampled once for a *global* batch and sliced per process with :func:`slice_params`.
 
+``Transform.__call__`` and ``Compose.__call__`` are excluded from ``torch.compile``
+(``torch.compiler.disable``): they draw from a ``torch.Generator``, which Dynamo cannot trace,
+and pick rows with data-dependent shapes (``nonzero``), so tracing them split a compiled
+training step into dozens of graphs that recompiled as the row counts changed. Under
+``train.compile=true`` they run eagerly and the network around them is compiled.
+
 Example:
     >>> import torch
     >>> from selfsup.augment import Compose, ToFloat, RandomResizedCrop, RandomHorizontalFlip
@@ -109,6 +115,7 @@ class Transform:
     def apply(self, x: Tensor, params: Params) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @torch.compiler.disable
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return self.apply(x, self.sample_params(len(x), generator, x.device))
 
@@ -506,6 +513,7 @@ class Compose:
             x = t.apply(x, p)
         return x
 
+    @torch.compiler.disable
     def __call__(
         self,
         x: Tensor,

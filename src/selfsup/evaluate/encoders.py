@@ -1,7 +1,10 @@
 """Find, build and load encoders for evaluation: trained runs, checkpoints, random init.
 
 An encoder travels as ``encoder.safetensors`` plus ``encoder.json`` (its meta: backbone
-config, input size and channels, normalisation, method). Evaluation accepts:
+config, input size and channels, normalisation, method, and ``input_space`` — ``rgb``,
+``lab_l`` or ``lab``, what the encoder saw in training; a meta without it is ``rgb``. A
+composite split-brain encoder also records ``channel_groups`` and the training data's
+``data_channels``). Evaluation accepts:
 
 - a run directory (its final ``encoder.safetensors``, else its latest checkpoint),
 - a checkpoint directory or an ``encoder.safetensors`` file with its meta beside it,
@@ -42,22 +45,60 @@ def encoder_meta(
     normalize: str,
     method: str,
     feature_dim: int,
+    input_space: str = "rgb",
+    data_channels: int | None = None,
+    channel_groups: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
-    return {
+    """The ``encoder.json`` meta. ``in_channels`` is what the encoder takes; ``data_channels``
+    (recorded when it differs) the training images' channels; ``channel_groups`` (when set)
+    the sub-backbones of a :class:`~selfsup.backbones.channel_split.ChannelSplitBackbone`."""
+    meta: dict[str, Any] = {
         "backbone": backbone.model_dump(mode="json"),
         "image_size": image_size,
         "in_channels": in_channels,
         "normalize": normalize,
         "method": method,
         "feature_dim": feature_dim,
+        "input_space": input_space,
     }
+    if data_channels is not None and data_channels != in_channels:
+        meta["data_channels"] = data_channels
+    if channel_groups:
+        meta["channel_groups"] = list(channel_groups)
+    return meta
+
+
+def make_encoder(
+    backbone: BackboneConfig,
+    *,
+    image_size: int,
+    in_channels: int,
+    channel_groups: tuple[int, ...] | list[int] | None = None,
+) -> Backbone:
+    """A randomly initialised encoder: one backbone taking ``in_channels``, or, with
+    ``channel_groups``, a ChannelSplitBackbone with one such backbone per group."""
+    if not channel_groups:
+        kwargs = backbone.build_kwargs(image_size=image_size, in_channels=in_channels)
+        return build_backbone(backbone.name, **kwargs)
+    from selfsup.backbones.channel_split import ChannelSplitBackbone
+
+    if sum(channel_groups) != in_channels:
+        raise ValueError(f"channel groups {list(channel_groups)} do not add up to {in_channels}")
+    branches = [
+        build_backbone(backbone.name, **backbone.build_kwargs(image_size=image_size, in_channels=g))
+        for g in channel_groups
+    ]
+    return ChannelSplitBackbone(branches, channel_groups)
 
 
 def build_encoder(meta: dict[str, Any]) -> Backbone:
     """A randomly initialised backbone described by an encoder meta dict."""
-    bcfg = BackboneConfig.model_validate(meta["backbone"])
-    kwargs = bcfg.build_kwargs(image_size=meta["image_size"], in_channels=meta["in_channels"])
-    return build_backbone(bcfg.name, **kwargs)
+    return make_encoder(
+        BackboneConfig.model_validate(meta["backbone"]),
+        image_size=meta["image_size"],
+        in_channels=meta["in_channels"],
+        channel_groups=meta.get("channel_groups"),
+    )
 
 
 def _find_weights(path: Path) -> tuple[Path, Path | None]:

@@ -1,4 +1,11 @@
-"""Feature extraction, once per (encoder, dataset), cached on disk."""
+"""Feature extraction, once per (encoder, dataset), cached on disk.
+
+Images are prepared as the encoder saw them in training, by its ``input_space`` (recorded in
+``encoder.json``; see :mod:`selfsup.augment.color`): ``rgb`` — channel-matched (grey <-> RGB)
+and normalised with the run's ``normalize`` statistics; ``lab_l`` / ``lab`` — RGB (grey is
+expanded) converted to CIE Lab and scaled exactly as in training (``(L - 50) / 50``, ab / 110),
+so a grey- or Lab-input encoder is judged on the same RGB data as every other encoder.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +18,10 @@ import torch
 from torch import Tensor
 
 from selfsup.augment import build_pipeline
+from selfsup.augment.color import input_channels, rgb_to_input
 from selfsup.backbones import Backbone
 from selfsup.data import ImageSource
-from selfsup.methods.base import normalization
+from selfsup.methods.base import NORMALIZATION, normalization
 from selfsup.train.precision import autocast_dtype
 
 
@@ -41,10 +49,23 @@ def extract_features(
     batch_size: int = 512,
     device: str | torch.device = "cpu",
     precision: str = "auto",
+    input_space: str = "rgb",
 ) -> Tensor:
-    """Encoder features (N, D) float32 of every image in ``source``, without augmentation."""
+    """Encoder features (N, D) float32 of every image in ``source``, without augmentation.
+
+    ``input_space`` (module docstring) says how images become encoder inputs; ``normalize``
+    applies to ``rgb`` only.
+    """
     device = torch.device(device)
-    mean, std = normalization(normalize, in_channels)
+    if input_space == "rgb":
+        mean, std = normalization(normalize, in_channels)
+    else:
+        if input_channels(input_space) != in_channels:
+            raise ValueError(
+                f"input space {input_space!r} gives {input_channels(input_space)} channels, "
+                f"the encoder takes {in_channels}"
+            )
+        mean, std = NORMALIZATION["none"]
     pipeline = build_pipeline("eval", image_size, mean, std)
     generator = torch.Generator(device=device).manual_seed(0)
     dtype = autocast_dtype(device, precision)
@@ -53,7 +74,10 @@ def extract_features(
     for start in range(0, len(source), batch_size):
         idx = np.arange(start, min(start + batch_size, len(source)))
         x = source.as_tensor_chw(idx).to(device, non_blocking=True)
-        x = pipeline(match_channels(x, in_channels), generator)
+        if input_space == "rgb":
+            x = pipeline(match_channels(x, in_channels), generator)
+        else:
+            x = rgb_to_input(pipeline(x, generator), input_space)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             f = encoder(x)
         out.append(f.float().cpu())
@@ -74,13 +98,15 @@ def cached_features(
     normalize: str,
     in_channels: int,
     cache_dir: Path | None = None,
+    input_space: str = "rgb",
     **kwargs: object,
 ) -> Tensor:
     """:func:`extract_features`, memoised on disk by (encoder identity, dataset, preprocessing)."""
     cache_dir = cache_dir or default_cache_dir()
-    key = hashlib.sha256(
-        f"{identity}|{dataset_key}|{len(source)}|{image_size}|{normalize}|{in_channels}".encode()
-    ).hexdigest()[:24]
+    text = f"{identity}|{dataset_key}|{len(source)}|{image_size}|{normalize}|{in_channels}"
+    if input_space != "rgb":  # rgb keys are those of before input spaces existed
+        text += f"|{input_space}"
+    key = hashlib.sha256(text.encode()).hexdigest()[:24]
     path = cache_dir / f"{key}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
@@ -90,6 +116,7 @@ def cached_features(
         image_size=image_size,
         normalize=normalize,
         in_channels=in_channels,
+        input_space=input_space,
         **kwargs,  # type: ignore[arg-type]
     )
     cache_dir.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,8 @@ def load_method(run_dir: str | Path, device: str | torch.device = "cpu") -> Meth
     cfg = load_config(None, str(run_dir / "config.yaml"))
     meta = json.loads((ckpt / "meta.json").read_text())
     enc = meta["encoder"]
-    method = build_method(cfg, enc["image_size"], enc["in_channels"], meta.get("num_classes"))
+    data_channels = enc.get("data_channels", enc["in_channels"])  # differ for Lab methods
+    method = build_method(cfg, enc["image_size"], data_channels, meta.get("num_classes"))
     method.load_state_dict(load_file(str(ckpt / "model.safetensors")))
     return method.to(device).eval()
 

@@ -74,6 +74,7 @@ def features_for(
         image_size=meta["image_size"],
         normalize=meta["normalize"],
         in_channels=meta["in_channels"],
+        input_space=meta.get("input_space", "rgb"),
         device=device,
         batch_size=batch_size,
         cache_dir=cache_dir,
@@ -110,6 +111,7 @@ def evaluate_encoder(
         "method": loaded.meta.get("method"),
         "backbone": loaded.meta["backbone"]["name"],
         "feature_dim": int(ftr.shape[1]),
+        "input_space": loaded.meta.get("input_space", "rgb"),
         "train_images": len(ftr),
         "test_images": len(fte),
     }

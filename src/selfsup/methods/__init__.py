@@ -5,8 +5,14 @@ from __future__ import annotations
 import difflib
 
 from selfsup.methods.base import Method, MethodConfig, normalization
+from selfsup.methods.colorization import Colorization
+from selfsup.methods.inpainting import Inpainting
+from selfsup.methods.jigsaw import Jigsaw
 from selfsup.methods.mae import MAE
+from selfsup.methods.relative_location import RelativeLocation
+from selfsup.methods.rotation import Rotation
 from selfsup.methods.simclr import SimCLR
+from selfsup.methods.split_brain import SplitBrain
 from selfsup.methods.supervised import Supervised
 
 _METHODS: dict[str, type[Method]] = {}
@@ -20,7 +26,17 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
-for _cls in (SimCLR, Supervised, MAE):
+for _cls in (
+    SimCLR,
+    Supervised,
+    MAE,
+    Inpainting,
+    Rotation,
+    Jigsaw,
+    RelativeLocation,
+    Colorization,
+    SplitBrain,
+):
     register_method(_cls)
 
 
@@ -40,10 +56,16 @@ def list_methods() -> list[type[Method]]:
 
 
 __all__ = [
+    "Colorization",
+    "Inpainting",
+    "Jigsaw",
     "MAE",
     "Method",
     "MethodConfig",
+    "RelativeLocation",
+    "Rotation",
     "SimCLR",
+    "SplitBrain",
     "Supervised",
     "get_method",
     "list_methods",

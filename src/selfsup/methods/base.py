@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from selfsup.augment import build_pipeline
+from selfsup.augment.color import input_channels
 from selfsup.backbones import Backbone
 
 NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -54,6 +55,16 @@ class Method(nn.Module):
     drawn for the global batch so that every process sees what one process would.
 
     Per-step state updates (EMA teachers, queues, centres) belong in :meth:`on_after_step`.
+
+    ``input_space`` says what the encoder sees, and is recorded in ``encoder.json`` so that
+    evaluation (kNN, linear probe, the kNN monitor) converts downstream images the same way:
+    ``"rgb"`` (the data's channels normalised with the run's ``normalize`` statistics; every
+    method so far), ``"lab_l"`` (the scaled L channel of CIE Lab, 1 channel: colorization) or
+    ``"lab"`` (scaled L, a, b: split-brain); see :mod:`selfsup.augment.color`. The trainer
+    builds the encoder with :meth:`encoder_channels` input channels, split into
+    ``channel_groups`` sub-backbones when set (:mod:`selfsup.backbones.channel_split`). For the
+    Lab spaces the pipeline gets no normalisation (mean 0, std 1): the method converts its
+    [0, 1] RGB views itself.
     """
 
     name: ClassVar[str] = ""
@@ -62,6 +73,17 @@ class Method(nn.Module):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     uses_labels: ClassVar[bool] = False
     default_augment: ClassVar[str] = "simclr_cifar"
+    input_space: ClassVar[str] = "rgb"
+    """What the encoder sees: "rgb", "lab_l" or "lab" (see the class docstring)."""
+    channel_groups: ClassVar[tuple[int, ...] | None] = None
+    """Consecutive input-channel groups encoded by separate sub-backbones (split-brain: (1, 2)),
+    or None for one backbone."""
+
+    @classmethod
+    def encoder_channels(cls, data_channels: int) -> int:
+        """Input channels of this method's encoder for training data of ``data_channels``
+        channels (the data's own for "rgb"; 1 for "lab_l"; 3 for "lab")."""
+        return input_channels(cls.input_space, data_channels)
 
     def __init__(
         self,
@@ -78,6 +100,8 @@ class Method(nn.Module):
         self.encoder = encoder
         self.cfg = cfg
         self.image_size = image_size
+        if self.input_space != "rgb":
+            mean, std = NORMALIZATION["none"]
         self.mean, self.std = mean, std
         self.num_classes = num_classes
         self.pipeline = build_pipeline(augment or self.default_augment, image_size, mean, std)
@@ -102,6 +126,12 @@ class Method(nn.Module):
 
     def on_after_step(self, step: int, total_steps: int) -> None:
         """Hook after each optimizer step (momentum encoders, queues, ...)."""
+
+    def lr_scales(self) -> dict[str, float]:
+        """Learning-rate multipliers by parameter-name prefix, e.g. ``{"discriminator.": 0.1}``
+        (longest matching prefix wins; unlisted parameters: 1). The optimizer builder puts each
+        scale in its own parameter groups and the schedule keeps ``lr = scale * scheduled lr``."""
+        return {}
 
     @torch.no_grad()
     def pretext_metrics(self, images: Tensor, generator: torch.Generator) -> dict[str, float]:

@@ -83,12 +83,46 @@ def split_decay_groups(model: nn.Module, exclude_norm_and_bias: bool) -> list[di
     return groups
 
 
+def split_lr_scale_groups(model: nn.Module, groups: list[dict], lr: float) -> list[dict]:
+    """Split parameter groups by the model's learning-rate multipliers.
+
+    ``model.lr_scales()`` (a :class:`~selfsup.methods.Method` hook; absent = none) maps
+    parameter-name prefixes to multipliers, the longest matching prefix winning. Parameters
+    with a multiplier other than 1 go to their own copy of their group, with ``lr_scale`` set
+    (and ``lr = lr * lr_scale``); :func:`set_lr` keeps that ratio through the schedule.
+    """
+    hook = getattr(model, "lr_scales", None)
+    scales = hook() if callable(hook) else {}
+    if not scales:
+        return groups
+    names = {id(p): name for name, p in model.named_parameters()}
+
+    def scale_of(param: Tensor) -> float:
+        name = names.get(id(param), "")
+        prefix = max((k for k in scales if name.startswith(k)), key=len, default=None)
+        return 1.0 if prefix is None else float(scales[prefix])
+
+    out = []
+    for group in groups:
+        by_scale: dict[float, list[Tensor]] = {}
+        for param in group["params"]:
+            by_scale.setdefault(scale_of(param), []).append(param)
+        for scale, params in by_scale.items():
+            new = {**group, "params": params}
+            if scale != 1.0:
+                new.update(lr_scale=scale, lr=lr * scale)
+            out.append(new)
+    return out
+
+
 def build_optimizer(
     model: nn.Module, cfg: OptimizerConfig, global_batch_size: int
 ) -> torch.optim.Optimizer:
-    """Build the optimizer with the peak LR (``cfg.lr`` or ``base_lr * batch / 256``)."""
+    """Build the optimizer with the peak LR (``cfg.lr`` or ``base_lr * batch / 256``), times
+    the model's ``lr_scales()`` where it has any (:func:`split_lr_scale_groups`)."""
     lr = peak_lr(cfg, global_batch_size)
     groups = split_decay_groups(model, cfg.exclude_norm_and_bias)
+    groups = split_lr_scale_groups(model, groups, lr)
     if cfg.name == "sgd":
         for g in groups:
             g.pop("lars_exclude", None)
@@ -129,7 +163,9 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, cfg: ScheduleConfig) -
 
 
 def set_lr(optimizer: torch.optim.Optimizer, peak: float, multiplier: float) -> float:
+    """Set every group's lr to ``peak * multiplier`` (times the group's ``lr_scale``, if any);
+    returns ``peak * multiplier``."""
     lr = peak * multiplier
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     return lr

@@ -22,11 +22,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from selfsup.backbones import build_backbone
 from selfsup.config import RunConfig, dump_config
 from selfsup.data import BatchLoader, ImageSource, load_source, random_subset_indices
 from selfsup.errors import TrainingError, TrainingInterrupted
-from selfsup.evaluate.encoders import encoder_meta
+from selfsup.evaluate.encoders import encoder_meta, make_encoder
 from selfsup.methods import Method, get_method, normalization
 from selfsup.train import distributed as dist_utils
 from selfsup.train.checkpoint import (
@@ -64,10 +63,16 @@ def step_seed(seed: int, step: int) -> int:
 def build_method(
     cfg: RunConfig, image_size: int, in_channels: int, num_classes: int | None
 ) -> Method:
-    """The method of ``cfg`` around a freshly initialised backbone."""
+    """The method of ``cfg`` around a freshly initialised backbone, for training images of
+    ``in_channels`` channels (the encoder takes ``method.encoder_channels(in_channels)``, split
+    into the method's ``channel_groups`` when it has them)."""
     method_cls = get_method(cfg.method)
-    kwargs = cfg.backbone.build_kwargs(image_size=image_size, in_channels=in_channels)
-    encoder = build_backbone(cfg.backbone.name, **kwargs)
+    encoder = make_encoder(
+        cfg.backbone,
+        image_size=image_size,
+        in_channels=method_cls.encoder_channels(in_channels),
+        channel_groups=method_cls.channel_groups,
+    )
     mean, std = normalization(cfg.normalize, in_channels)
     return method_cls(
         encoder,
@@ -155,10 +160,13 @@ class Trainer:
         enc_meta = encoder_meta(
             cfg.backbone,
             image_size=image_size,
-            in_channels=source.num_channels,
+            in_channels=method_cls.encoder_channels(source.num_channels),
             normalize=cfg.normalize,
             method=cfg.method,
             feature_dim=method.encoder.feature_dim,
+            input_space=method_cls.input_space,
+            data_channels=source.num_channels,
+            channel_groups=method_cls.channel_groups,
         )
         if use_channels_last(device, tcfg.channels_last):
             method = method.to(memory_format=torch.channels_last)
@@ -238,7 +246,7 @@ class Trainer:
                 }
             )
         monitor = (
-            _KnnMonitor(cfg, image_size, source.num_channels, device)
+            _KnnMonitor(cfg, image_size, enc_meta["in_channels"], device, enc_meta["input_space"])
             if (main and 0 < knn_every <= total_steps)
             else None
         )
@@ -423,6 +431,7 @@ class Trainer:
                 "final_loss": last_loss,
                 "seconds": seconds,
                 "images_per_second": rate,
+                "images_seen": step * tcfg.batch_size,
                 "skipped_steps": self.skipped_steps,
                 "method": cfg.method,
                 "backbone": cfg.backbone.name,
@@ -438,8 +447,14 @@ class _KnnMonitor:
     """Online kNN accuracy of the current encoder on a labeled split (every N epochs)."""
 
     def __init__(
-        self, cfg: RunConfig, image_size: int, in_channels: int, device: torch.device
+        self,
+        cfg: RunConfig,
+        image_size: int,
+        in_channels: int,
+        device: torch.device,
+        input_space: str = "rgb",
     ) -> None:
+        """``in_channels`` / ``input_space``: what the encoder takes (``encoder.json``)."""
         from selfsup.evaluate.protocols import load_eval_data
 
         e = cfg.eval_data
@@ -460,6 +475,7 @@ class _KnnMonitor:
             in_channels,
             device,
         )
+        self.input_space = input_space
 
     def __call__(self, encoder: nn.Module) -> dict[str, float]:
         from selfsup.evaluate.features import extract_features
@@ -471,6 +487,7 @@ class _KnnMonitor:
             in_channels=self.in_channels,
             device=self.device,
             precision=self.cfg.train.precision,
+            input_space=self.input_space,
         )
         ftr = extract_features(encoder, self.data.train, **kw)  # type: ignore[arg-type]
         fte = extract_features(encoder, self.data.test, **kw)  # type: ignore[arg-type]

@@ -1,0 +1,150 @@
+"""CIFAR-10 at a CPU budget: the transformation pretexts beside random init and SimCLR.
+
+Trains every transformation-pretext method with its ``<name>_cifar10_cpu`` recipe (ResNet-18
+CIFAR stem at width 0.25, a 20k-image CIFAR-10 subset), then measures, per method: its pretext
+metric on 2,000 held-out test images (``selfsup eval pretext``), kNN (k=200 and 20, t=0.1) over
+the full 50k train bank for the 10k test images, and a linear probe on frozen features — the
+same protocol as ``cifar10_budget.py``, whose SimCLR and random-init rows are quoted beside
+(same backbone, subset and evaluation; run it first). Random-init encoders are evaluated for
+each input space used (RGB, and the L channel for colorization).
+
+Resumable: a finished run is reused and a finished evaluation is read back from the results
+file. Writes ``benchmarks/results/pretext_budget.json`` and prints a Markdown table.
+
+    SELFSUP_DATA=../shared/datasets python benchmarks/pretext_budget.py
+    SELFSUP_DATA=../shared/datasets python benchmarks/pretext_budget.py --only rotation jigsaw
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from selfsup.config import load_config
+from selfsup.data import load_source
+from selfsup.evaluate import evaluate_encoder, load_eval_data
+from selfsup.evaluate.pretext import evaluate_pretext, load_method
+from selfsup.train import Trainer
+from selfsup.train.checkpoint import latest_checkpoint
+
+# (row label, method, recipe, extra overrides)
+RUNS: list[tuple[str, str, str, list[str]]] = [
+    ("rotation", "rotation", "rotation_cifar10_cpu", []),
+    ("jigsaw", "jigsaw", "jigsaw_cifar10_cpu", []),
+    ("relative_location", "relative_location", "relative_location_cifar10_cpu", []),
+    ("colorization", "colorization", "colorization_cifar10_cpu", []),
+    ("split_brain", "split_brain", "split_brain_cifar10_cpu", []),
+    ("inpainting", "inpainting", "inpainting_cifar10_cpu", []),
+    ("inpainting_adv", "inpainting", "inpainting_adv_cifar10_cpu", []),
+]
+
+
+def train(method: str, recipe: str, out_dir: Path, overrides: list[str]) -> dict:
+    """Train (or resume, or reuse) one run; returns its summary.json."""
+    cfg = load_config(method, recipe, [f"out_dir={out_dir}", "train.progress=false", *overrides])
+    summary = out_dir / "summary.json"
+    if not summary.exists():
+        Trainer(cfg, resume=latest_checkpoint(out_dir) is not None).fit()
+    return json.loads(summary.read_text())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="benchmarks/runs/pretext_budget")
+    p.add_argument("--results", default="benchmarks/results/pretext_budget.json")
+    p.add_argument("--baseline", default="benchmarks/results/cifar10_budget.json")
+    p.add_argument("--only", nargs="*",
+                   help="row labels to run, 'random' for the random-init rows (default: all)")
+    p.add_argument("--linear-epochs", type=int, default=100)
+    p.add_argument("--pretext-images", type=int, default=2000)
+    p.add_argument("--overrides", nargs="*", default=[], help="key=value for every run")
+    args = p.parse_args()
+    out, results_path = Path(args.out), Path(args.results)
+    previous = json.loads(results_path.read_text()) if results_path.exists() else {"rows": []}
+    rows: dict[str, dict] = {r["name"]: r for r in previous["rows"]}
+
+    data = load_eval_data("cifar10")
+    held_out = load_source("cifar10", split="test").subset(list(range(args.pretext_images)))
+    for label, method, recipe, extra in RUNS:
+        if args.only and label not in args.only:
+            continue
+        run_dir = out / label
+        summary = train(method, recipe, run_dir, [*extra, *args.overrides])
+        if label in rows and rows[label].get("checkpoint_step") == summary.get("steps"):
+            print(f"{label}: evaluated already")
+            continue
+        t0 = time.perf_counter()
+        r = evaluate_encoder(str(run_dir), data, protocols=("knn", "linear"),
+                             linear_epochs=args.linear_epochs)
+        r["pretext"] = evaluate_pretext(load_method(run_dir), held_out)
+        r.update(name=label, method=method, recipe=recipe, overrides=extra + args.overrides,
+                 checkpoint_step=summary.get("steps"), train_minutes=summary["seconds"] / 60,
+                 train_images_per_second=summary["images_per_second"],
+                 images_seen=summary.get("images_seen"),
+                 eval_minutes=(time.perf_counter() - t0) / 60)
+        rows[label] = r
+        print(json.dumps(r))
+        _write(results_path, rows, args)
+
+    # The RGB random-init row is cifar10_budget.json's (same architecture and protocol).
+    for label, spec in [("random init (L channel)", f"random:{out / 'colorization'}")]:
+        if args.only and "random" not in args.only:
+            continue
+        if label in rows or not Path(spec.removeprefix("random:")).exists():
+            continue
+        r = evaluate_encoder(spec, data, protocols=("knn", "linear"),
+                             linear_epochs=args.linear_epochs)
+        r["name"] = label
+        rows[label] = r
+        _write(results_path, rows, args)
+
+    baseline = json.loads(Path(args.baseline).read_text()) if Path(args.baseline).exists() else None
+    _table(rows, baseline)
+
+
+def _write(path: Path, rows: dict[str, dict], args: argparse.Namespace) -> None:
+    """Write the results, merged with rows another process (``--only``) wrote meanwhile."""
+    if path.exists():
+        on_disk = {r["name"]: r for r in json.loads(path.read_text())["rows"]}
+        rows.update({k: v for k, v in on_disk.items() if k not in rows})
+    result = {
+        "budget": {"backbone": "resnet18 (CIFAR stem), width 0.25", "subset": 20000,
+                   "recipes": "<method>_cifar10_cpu", "precision": "auto (fp32 here)",
+                   "eval": "kNN (k=200/20, t=0.1) and linear probe (BN, SGD, "
+                           f"{args.linear_epochs} epochs) on all 50k train / 10k test; pretext "
+                           f"metrics on the first {args.pretext_images} test images"},
+        "machine": {"cpu": platform.processor() or platform.machine(),
+                    "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "rows": list(rows.values()),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+
+
+def _pretext_text(pretext: dict[str, float]) -> str:
+    keep = [k for k in pretext if "acc" in k or "psnr" in k or "sharp" in k or "error" in k]
+    return ", ".join(f"{k} {pretext[k]:.3g}" for k in (keep or list(pretext))[:3])
+
+
+def _table(rows: dict[str, dict], baseline: dict | None) -> None:
+    print("\n| encoder | pretext metric (held-out) | kNN@200 | kNN@20 | linear | images seen "
+          "| train minutes |")
+    print("|---|---|---|---|---|---|---|")
+    quoted = []
+    if baseline:
+        quoted = [r for r in baseline["rows"] if r["name"] in ("random init", "SimCLR")]
+    for r in [*quoted, *rows.values()]:
+        pretext = _pretext_text(r["pretext"]) if r.get("pretext") else "-"
+        seen = f"{r['images_seen']:,}" if r.get("images_seen") else "-"
+        minutes = f"{r['train_minutes']:.1f}" if "train_minutes" in r else "-"
+        print(f"| {r['name']} | {pretext} | {r['knn@200']:.3f} | {r['knn@20']:.3f} | "
+              f"{r['linear_top1']:.3f} | {seen} | {minutes} |")
+
+
+if __name__ == "__main__":
+    main()

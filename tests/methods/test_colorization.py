@@ -1,0 +1,341 @@
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from selfsup.augment.color import rgb_to_lab
+from selfsup.backbones import build_backbone
+from selfsup.config import load_config
+from selfsup.errors import ConfigError
+from selfsup.methods import Colorization, get_method
+from selfsup.methods.colorization import (
+    SoftBins,
+    ab_bins,
+    annealed_mean,
+    l_bins,
+    rebalance_weights,
+    regression_loss,
+    soft_cross_entropy,
+    soft_encode,
+    soft_encode_dense,
+)
+
+MEAN, STD = (0.5,) * 3, (0.25,) * 3
+
+
+def make_pattern_images(n, seed=0):
+    """tests/conftest.py's helper, loaded by path (several conftest files are collected, so
+    ``conftest`` is not importable by name)."""
+    spec = importlib.util.spec_from_file_location(
+        "_selfsup_tests_root_conftest", Path(__file__).resolve().parents[1] / "conftest.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_pattern_images(n, seed=seed)
+
+
+def _method(**cfg):
+    torch.manual_seed(0)
+    enc = build_backbone("resnet_tiny", in_channels=1)
+    return Colorization(
+        enc, Colorization.Config(decoder_dim=32, **cfg), image_size=16, mean=MEAN, std=STD
+    )
+
+
+def _images(n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=g)
+
+
+# ----------------------------------------------------------------------------- ab bins
+def _cube_ab(step: int) -> torch.Tensor:
+    """ab (K, 2) of a lattice of the whole 8-bit RGB cube (every ``step``-th level + 255)."""
+    levels = torch.tensor(sorted({*range(0, 256, step), 255}), dtype=torch.float64) / 255
+    r, g, b = torch.meshgrid(levels, levels, levels, indexing="ij")
+    rgb = torch.stack([r, g, b]).reshape(1, 3, 1, -1)
+    return rgb_to_lab(rgb)[0, 1:, 0].T
+
+
+def test_in_gamut_ab_bins():
+    bins = ab_bins()
+    # 261 grid points are the nearest bin of some 8-bit sRGB colour (Zhang et al.: 313 with an
+    # unpublished, looser test; the extent is the same)
+    assert bins.shape == (261, 2)
+    assert torch.equal(bins, ab_bins())  # deterministic (and cached)
+    assert bins[:, 0].min() == -90 and bins[:, 0].max() == 100
+    assert bins[:, 1].min() == -110 and bins[:, 1].max() == 90
+    assert torch.equal(bins, torch.round(bins / 10) * 10)
+    # a lattice of the whole cube (not only its surface, which the bins come from) hits
+    # exactly the kept bins: every colour falls into a kept bin, and every kept bin's 10x10
+    # cell holds some sRGB colour (is in gamut)
+    keys = {tuple(v) for v in bins.long().tolist()}
+    nearest = (torch.round(_cube_ab(3) / 10) * 10).long().unique(dim=0)
+    assert {tuple(v) for v in nearest.tolist()} == keys
+
+
+def test_soft_encoding_sums_to_one_and_peaks_at_the_true_bin():
+    bins = ab_bins()
+    g = torch.Generator().manual_seed(0)
+    lab = rgb_to_lab(torch.rand(4, 3, 6, 6, generator=g))
+    idx, w = soft_encode(lab[:, 1:], bins, k=5, sigma=5.0)
+    assert idx.shape == w.shape == (4, 5, 6, 6)
+    assert torch.allclose(w.sum(1), torch.ones(4, 6, 6))
+    assert (w >= 0).all() and (w[:, :1] >= w).all()  # nearest first, and heaviest
+    d = (lab[:, 1:].permute(0, 2, 3, 1)[..., None, :] - bins).norm(dim=-1)
+    assert torch.equal(idx[:, 0], d.argmin(-1))
+    dense = soft_encode_dense(lab[:, 1:], bins)
+    assert dense.shape == (4, 261, 6, 6)
+    assert torch.allclose(dense.sum(1), torch.ones(4, 6, 6))
+    assert torch.equal(dense.argmax(1), idx[:, 0])
+    # hand-written: centres 0, 10, 20, 30 (1-D), value 12, k = 2, sigma 5
+    centres = torch.tensor([[0.0], [10.0], [20.0], [30.0]])
+    idx, w = soft_encode(torch.full((1, 1, 1, 1), 12.0), centres, k=2, sigma=5.0)
+    e = torch.tensor([math.exp(-4 / 50), math.exp(-64 / 50)])
+    assert idx.flatten().tolist() == [1, 2]
+    assert torch.allclose(w.flatten(), e / e.sum())
+
+
+def test_rebalancing_weights_have_mean_one_under_the_prior_and_favour_rare_bins():
+    prior = torch.tensor([0.5, 0.3, 0.2, 0.0])
+    w = rebalance_weights(prior, mix=0.5)
+    raw = 1 / (0.5 * prior.double() + 0.5 / 4)
+    assert torch.allclose(w.double(), raw / (prior.double() * raw).sum(), atol=1e-6)
+    assert math.isclose(float((prior * w).sum()), 1.0, rel_tol=1e-6)
+    assert w[3] > w[2] > w[1] > w[0]
+    assert torch.allclose(rebalance_weights(prior, mix=1.0), torch.ones(4))  # uniform: off
+    assert torch.allclose(rebalance_weights(prior * 7, mix=0.5), w)  # masses, not probabilities
+    with pytest.raises(ValueError):
+        rebalance_weights(prior, mix=0.0)
+
+
+def test_annealed_mean_goes_from_the_mode_to_the_mean():
+    centres = torch.tensor([[0.0, 0.0], [10.0, -20.0], [30.0, 40.0]])
+    logits = torch.tensor([0.0, 1.0, 0.5]).view(1, 3, 1, 1)
+    p = torch.softmax(logits.flatten(), 0)
+    mean = (p[:, None] * centres).sum(0)
+    assert torch.allclose(annealed_mean(logits, centres, 1.0).flatten(), mean, atol=1e-5)
+    assert torch.allclose(annealed_mean(logits, centres, 1e-3).flatten(), centres[1], atol=1e-4)
+    # in between: T = 0.38 sharpens towards the mode
+    mid = annealed_mean(logits, centres, 0.38).flatten()
+    assert (mid - centres[1]).norm() < (mean - centres[1]).norm()
+
+
+def test_losses_against_hand_written_values():
+    logits = torch.tensor([[1.0, 2.0, 0.0], [0.5, -1.0, 3.0]]).T.reshape(1, 3, 1, 2)
+    idx = torch.tensor([[1, 0], [2, 1]]).T.reshape(1, 2, 1, 2)
+    w = torch.tensor([[0.7, 0.3], [0.9, 0.1]]).T.reshape(1, 2, 1, 2)
+    lp0 = torch.log_softmax(torch.tensor([1.0, 2.0, 0.0]), 0)
+    lp1 = torch.log_softmax(torch.tensor([0.5, -1.0, 3.0]), 0)
+    ce0 = -(0.7 * lp0[1] + 0.3 * lp0[0])
+    ce1 = -(0.9 * lp1[2] + 0.1 * lp1[1])
+    assert torch.allclose(soft_cross_entropy(logits, idx, w), (ce0 + ce1) / 2)
+    pixel = torch.tensor([2.0, 0.5]).view(1, 1, 2)
+    assert torch.allclose(soft_cross_entropy(logits, idx, w, pixel), (2 * ce0 + 0.5 * ce1) / 2)
+    pred, target = torch.tensor([0.0, 0.1, 0.5]), torch.tensor([0.0, 0.0, 0.0])
+    assert torch.isclose(regression_loss(pred, target, "l2"), torch.tensor((0.01 + 0.25) / 3))
+    # smooth-L1, beta 0.2: 0.5 x^2 / beta below beta, |x| - beta / 2 above
+    expected = (0.5 * 0.01 / 0.2 + (0.5 - 0.1)) / 3
+    assert torch.isclose(regression_loss(pred, target, "smooth_l1", 0.2), torch.tensor(expected))
+
+
+def test_running_prior_is_a_checkpointed_buffer():
+    m = _method()
+    assert "ab_bins.prior_mass" in m.state_dict()
+    assert torch.equal(m.ab_bins.prior(), torch.full((261,), 1 / 261, dtype=torch.float64))
+    images = _images()
+    m(images, None, torch.Generator().manual_seed(0))
+    mass = m.ab_bins.prior_mass.clone()
+    pixels = 8 * 8 * 8  # 8 images, targets at 16 // 2
+    assert math.isclose(float(mass.sum()), pixels, rel_tol=1e-9)  # soft targets sum to 1
+    m(images, None, torch.Generator().manual_seed(1))
+    assert math.isclose(float(m.ab_bins.prior_mass.sum()), 2 * pixels, rel_tol=1e-9)
+    # held-out evaluation leaves the prior alone
+    m.eval()
+    before = m.ab_bins.prior_mass.clone()
+    m.pretext_metrics(images, torch.Generator().manual_seed(0))
+    m(images, None, torch.Generator().manual_seed(0))
+    assert torch.equal(m.ab_bins.prior_mass, before)
+    # a fresh method loading the state dict has the same prior and weights
+    fresh = _method()
+    fresh.load_state_dict(m.state_dict())
+    assert torch.equal(fresh.ab_bins.class_weights(), m.ab_bins.class_weights())
+    # frequent bins get the smallest weights
+    w, p = m.ab_bins.class_weights(), m.ab_bins.prior()
+    assert float(w[p.argmax()]) == float(w.min())
+    assert "ab_bins.prior_mass" not in _method(rebalance=False).state_dict()
+    assert SoftBins(l_bins(50)).num_bins == 50
+
+
+def test_encoder_sees_the_l_channel_only():
+    assert Colorization.input_space == "lab_l" and Colorization.encoder_channels(3) == 1
+    with pytest.raises(ConfigError, match="3-channel"):
+        Colorization.encoder_channels(1)
+    with pytest.raises(ValueError, match="1 input channel"):
+        Colorization(
+            build_backbone("resnet_tiny"), Colorization.Config(), image_size=16, mean=MEAN, std=STD
+        )
+    m = _method().eval()
+    seen = []
+    m.encoder.stem.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    images = _images(4)
+    m.pretext_metrics(images, torch.Generator().manual_seed(0))
+    expected = (rgb_to_lab(images.float() / 255)[:, :1] - 50) / 50
+    assert torch.allclose(seen[0], expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["classification", "regression"])
+def test_step_is_deterministic_trains_everything_and_slices_the_global_batch(mode):
+    m = _method(mode=mode)
+    images = _images()
+    loss, metrics = m(images, None, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert {n for n, p in m.named_parameters() if p.grad is None} == set()
+    assert ("bin_accuracy" if mode == "classification" else "ab_l2_error") in metrics
+    m2 = _method(mode=mode)
+    assert torch.equal(m2(images, None, torch.Generator().manual_seed(0))[0], loss)
+    # the views of a process's rows are those rows of the global batch's views
+    full = m.train_lab(images, torch.Generator().manual_seed(3), None, 0)
+    half = m.train_lab(images[4:], torch.Generator().manual_seed(3), 8, 4)
+    assert torch.equal(half, full[4:])
+
+
+def test_pretext_metrics_and_pictures_of_an_untrained_model():
+    images = _images(8)
+    for mode in ("classification", "regression"):
+        m = _method(mode=mode).eval()
+        metrics = m.pretext_metrics(images, torch.Generator().manual_seed(0))
+        assert set(metrics) == {
+            "loss",
+            "ab_abs_error",
+            "ab_l2_error",
+            "psnr",
+            "grey_ab_l2_error",
+            "grey_psnr",
+        }
+        assert all(math.isfinite(v) for v in metrics.values())
+        grid = m.pictures(images, torch.Generator().manual_seed(0))["colorization"]
+        # 3 rows (grey input, prediction, truth) of 8 columns, 1-pixel padding
+        assert grid.shape == (3, 3 * 17 + 1, 8 * 17 + 1)
+        assert 0 <= float(grid.min()) and float(grid.max()) <= 1
+    # the grey input row is grey
+    grid = m.pictures(images[:2], torch.Generator().manual_seed(0))["colorization"]
+    grey_row = grid[:, 1:17, 1:17]
+    assert (grey_row.max(0).values - grey_row.min(0).values).max() < 0.02
+
+
+def _pattern_batches(n_train=160, n_test=32):
+    images, _ = make_pattern_images(n_train + n_test, seed=0)  # one palette for both splits
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    return x[:n_train], x[n_train:]
+
+
+def train_briefly(method, train, steps=80, lr=3e-3, batch=32):
+    opt = torch.optim.AdamW(method.parameters(), lr=lr, weight_decay=0.0)
+    method.train()
+    for step in range(steps):
+        g = torch.Generator().manual_seed(step)
+        idx = torch.randperm(len(train), generator=g)[:batch]
+        loss, _ = method(train[idx], None, g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return method.eval()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["classification", "regression"])
+def test_learns_to_colourise_pattern_images(mode):
+    """Images whose colour follows their class (stripe orientation/frequency, brightness):
+    a short training predicts ab far better than the untrained model and than grey."""
+    train, test = _pattern_batches()
+    m = _method(mode=mode)
+    g = torch.Generator().manual_seed(0)
+    before = m.eval().pretext_metrics(test, g)
+    after = train_briefly(m, train).pretext_metrics(test, g)
+    # measured: ab_l2_error 9.3 (classification) / 13.0 (regression) after 80 steps; grey
+    # 41.7, untrained 45-56; the images' per-pixel colour noise alone leaves ~9
+    assert after["ab_l2_error"] < 0.5 * after["grey_ab_l2_error"], (before, after)
+    assert after["ab_l2_error"] < 0.5 * before["ab_l2_error"], (before, after)
+    assert after["psnr"] > after["grey_psnr"] + 5, (before, after)
+
+
+# ---------------------------------------------------------------------- end to end
+def _train_cli(method, data, run, *extra):
+    from selfsup.cli import main
+
+    return main(
+        [
+            "train", method, f"out_dir={run}", f"data.source={data}",
+            "backbone.name=resnet_tiny", "train.batch_size=16", "train.epochs=2",
+            "train.precision=fp32", "train.progress=false", "train.tensorboard=false",
+            "train.num_threads=1", "train.optimizer.name=adamw", "train.optimizer.lr=3e-3",
+            "train.optimizer.weight_decay=0", "train.knn_monitor.every_epochs=1",
+            f"eval_data.source={data}", "method_args.decoder_dim=32", *extra,
+        ]
+    )  # fmt: skip
+
+
+def test_trains_and_evaluates_end_to_end_on_rgb_data(tiny_npz, tmp_path):
+    from selfsup.cli import main
+    from selfsup.evaluate import load_encoder
+
+    run = tmp_path / "run"
+    assert _train_cli("colorization", tiny_npz, run) == 0
+    meta = json.loads((run / "encoder.json").read_text())
+    assert meta["input_space"] == "lab_l"
+    assert meta["in_channels"] == 1 and meta["data_channels"] == 3
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("online_knn@200" in r for r in rows)  # the kNN monitor fed it Lab L
+    assert list((run / "pictures").glob("colorization_step*.png"))
+    loaded = load_encoder(str(run))
+    assert loaded.encoder.in_channels == 1
+
+    out = tmp_path / "knn.json"
+    assert (
+        main(
+            ["eval", "knn", str(run), f"random:{run}", "--data", str(tiny_npz), "--json", str(out)]
+        )
+        == 0
+    )
+    trained, rand = json.loads(out.read_text())
+    assert trained["input_space"] == rand["input_space"] == "lab_l"
+    assert 0 <= trained["knn@20"] <= 1 and trained["feature_dim"] == 128
+
+    out = tmp_path / "pretext.json"
+    assert main(["eval", "pretext", str(run), "--data", str(tiny_npz), "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["method"] == "colorization" and row["images"] == 64
+    assert {"ab_l2_error", "psnr", "grey_psnr"} <= set(row)
+    assert row["pictures"] and row["pictures"][0].endswith("_test.png")
+
+
+def test_grey_training_data_is_refused(tmp_path):
+    images, labels = make_pattern_images(32)
+    path = tmp_path / "grey.npz"
+    np.savez(path, images=images[..., :1], labels=labels)
+    cfg = load_config(
+        "colorization",
+        None,
+        [
+            f"data.source={path}",
+            f"out_dir={tmp_path / 'r'}",
+            "backbone.name=resnet_tiny",
+            "train.batch_size=8",
+        ],
+    )
+    from selfsup.train import Trainer
+
+    with pytest.raises(ConfigError, match="3-channel"):
+        Trainer(cfg).fit()
+
+
+@pytest.mark.parametrize("recipe", ["colorization_default", "colorization_cifar10_cpu"])
+def test_recipes_load(recipe):
+    cfg = load_config("colorization", recipe)
+    assert cfg.method == "colorization" and get_method(cfg.method) is Colorization
+    assert cfg.method_config().mode == "classification"

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from selfsup.backbones import build_backbone
-from selfsup.heads import ConvDecoder, feature_map_size, spatial_features, tokens_to_grid
+from selfsup.heads import ConvDecoder, feature_map_shape, spatial_features, tokens_to_grid
 
 
 def test_tokens_to_grid_drops_the_cls_token_and_keeps_row_major_order():
@@ -19,8 +19,9 @@ def test_tokens_to_grid_drops_the_cls_token_and_keeps_row_major_order():
 @pytest.mark.parametrize("name,size", [("resnet_tiny", 32), ("vit_micro", 32)])
 def test_decoder_maps_encoder_features_back_to_image_size(name, size):
     enc = build_backbone(name, image_size=size) if name.startswith("vit") else build_backbone(name)
-    h = feature_map_size(enc, 3, size)
-    dec = ConvDecoder(enc.feature_dim, 2, size, hidden_dim=32, min_dim=8).build(h)
+    dim, h = feature_map_shape(enc, 3, size)
+    assert dim == enc.feature_dim
+    dec = ConvDecoder(dim, 2, size, hidden_dim=32, min_dim=8).build(h)
     x = torch.randn(4, 3, size, size)
     out = dec(spatial_features(enc, x))
     assert out.shape == (4, 2, size, size)

@@ -112,13 +112,18 @@ class ConvDecoder(nn.Module):
 
 
 @torch.no_grad()
-def feature_map_size(encoder: Backbone, in_channels: int, image_size: int) -> int:
-    """Side h of ``spatial_features`` for a square input of ``image_size`` (one dummy forward
-    in eval mode, so BatchNorm statistics are untouched)."""
+def feature_map_shape(encoder: Backbone, in_channels: int, image_size: int) -> tuple[int, int]:
+    """``(D, h)`` of :func:`spatial_features` for a square input of ``image_size``: channels and
+    side of the map (D can differ from ``feature_dim`` for adapters over ``.features`` models).
+    One dummy forward on the encoder's device in eval mode, so BatchNorm statistics are
+    untouched."""
     was_training = encoder.training
     encoder.eval()
     try:
-        probe = torch.zeros(1, in_channels, image_size, image_size)
-        return int(spatial_features(encoder, probe).shape[-1])
+        param = next(encoder.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        probe = torch.zeros(1, in_channels, image_size, image_size, device=device)
+        f = spatial_features(encoder, probe)
+        return int(f.shape[1]), int(f.shape[-1])
     finally:
         encoder.train(was_training)

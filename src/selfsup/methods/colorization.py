@@ -50,7 +50,7 @@ from selfsup.augment import build_pipeline as _build_pipeline
 from selfsup.augment.color import AB_SCALE, lab_to_input, lab_to_rgb, rgb_to_lab
 from selfsup.backbones import Backbone
 from selfsup.errors import ConfigError
-from selfsup.heads import ConvDecoder, spatial_features
+from selfsup.heads import ConvDecoder, feature_map_shape, spatial_features
 from selfsup.methods.base import NORMALIZATION, Method, MethodConfig, StepResult
 from selfsup.train.distributed import is_distributed
 
@@ -64,7 +64,6 @@ __all__ = [
     "ab_bins",
     "annealed_mean",
     "colorization_errors",
-    "encoder_feature_shape",
     "l_bins",
     "lab_train_pipeline",
     "no_autocast",
@@ -411,19 +410,6 @@ def lab_train_pipeline(size: int, augment: str | None) -> Compose:
     return _build_pipeline(augment, size, mean, std)
 
 
-def encoder_feature_shape(encoder: Backbone, in_channels: int, image_size: int) -> tuple[int, int]:
-    """(D, h) of ``spatial_features`` for a square input (dummy forward in eval mode)."""
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        with torch.no_grad():
-            probe = torch.zeros(1, in_channels, image_size, image_size)
-            f = spatial_features(encoder, probe)
-        return int(f.shape[1]), int(f.shape[-1])
-    finally:
-        encoder.train(was_training)
-
-
 def _as_rgb(images: Tensor) -> Tensor:
     if images.shape[1] == 3:
         return images
@@ -541,7 +527,7 @@ class Colorization(LabMethod):
         augment = kwargs.pop("augment", None)
         super().__init__(encoder, cfg, augment=augment or self.default_augment, **kwargs)
         self._setup_views(augment, cfg.target_downsample)
-        dim, h = encoder_feature_shape(encoder, 1, self.image_size)
+        dim, h = feature_map_shape(encoder, 1, self.image_size)
         self.ab_bins: SoftBins | None = None
         out_channels = 2
         if cfg.mode == "classification":

@@ -51,7 +51,7 @@ from selfsup.augment import (
     build_pipeline,
 )
 from selfsup.augment.pixel_masks import center_square, sample_pixel_masks
-from selfsup.heads import ConvDecoder, feature_map_size, spatial_features
+from selfsup.heads import ConvDecoder, feature_map_shape, spatial_features
 from selfsup.methods.base import Method, MethodConfig, StepResult
 
 __all__ = [
@@ -249,13 +249,10 @@ class Inpainting(Method):
             )
         self.eval_pipeline = build_pipeline("eval", size, mean, std)
         channels = encoder.in_channels
+        dim, h = feature_map_shape(encoder, channels, size)
         self.decoder = ConvDecoder(
-            encoder.feature_dim,
-            channels,
-            size,
-            hidden_dim=cfg.decoder_dim,
-            min_dim=cfg.decoder_min_dim,
-        ).build(feature_map_size(encoder, channels, size))
+            dim, channels, size, hidden_dim=cfg.decoder_dim, min_dim=cfg.decoder_min_dim
+        ).build(h)
         self.discriminator: Discriminator | None = None
         if cfg.adversarial_weight > 0:
             d_size = center_square(size, cfg.mask_fraction)[1] if cfg.masking == "center" else size

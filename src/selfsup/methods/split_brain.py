@@ -37,7 +37,7 @@ from selfsup.augment.color import AB_SCALE, L_CENTER, L_SCALE, lab_to_rgb
 from selfsup.backbones import Backbone
 from selfsup.backbones.channel_split import ChannelSplitBackbone
 from selfsup.errors import ConfigError
-from selfsup.heads import ConvDecoder, spatial_features
+from selfsup.heads import ConvDecoder, feature_map_shape, spatial_features
 from selfsup.methods.base import MethodConfig, StepResult
 from selfsup.methods.colorization import (
     AB_GRID,
@@ -45,7 +45,6 @@ from selfsup.methods.colorization import (
     SoftBins,
     ab_bins,
     colorization_errors,
-    encoder_feature_shape,
     l_bins,
     no_autocast,
     psnr,
@@ -117,8 +116,8 @@ class SplitBrain(LabMethod):
         super().__init__(encoder, cfg, augment=augment or self.default_augment, **kwargs)
         self._setup_views(augment, cfg.target_downsample)
         size = self.image_size
-        dim_l, h_l = encoder_feature_shape(encoder.branches[0], 1, size)
-        dim_ab, h_ab = encoder_feature_shape(encoder.branches[1], 2, size)
+        dim_l, h_l = feature_map_shape(encoder.branches[0], 1, size)
+        dim_ab, h_ab = feature_map_shape(encoder.branches[1], 2, size)
         self.ab_bins: SoftBins | None = None
         self.l_bins: SoftBins | None = None
         ab_out, l_out = 2, 1

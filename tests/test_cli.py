@@ -16,10 +16,19 @@ def run_cli(*args):
     )
 
 
-def test_methods_lists_simclr(capsys):
+def test_methods_lists_every_registered_method_in_aligned_columns(capsys):
+    from selfsup.methods import list_methods
+
     assert main(["methods"]) == 0
-    out = capsys.readouterr().out
-    assert "simclr" in out and "supervised" in out
+    lines = capsys.readouterr().out.splitlines()
+    names = {line.split()[0] for line in lines}
+    assert names == {m.name for m in list_methods()}
+    assert {"simclr", "mae", "rotation", "jigsaw", "relative_location", "colorization",
+            "split_brain", "inpainting", "supervised"} <= names
+    # the family column starts at the same place on every line
+    family_at = {line.index(m.family, len(m.name)) for m in list_methods() for line in lines
+                 if line.split()[0] == m.name}
+    assert len(family_at) == 1
 
 
 def test_bad_config_key_exits_2_and_names_the_key():

@@ -132,8 +132,11 @@ def _print_rows(rows: list[dict]) -> None:
 def _cmd_methods(args: argparse.Namespace) -> int:
     from selfsup.methods import list_methods
 
-    for cls in list_methods():
-        print(f"{cls.name:<12} {cls.family:<14} {cls.description}")
+    methods = list_methods()
+    w_name = max(len(c.name) for c in methods)
+    w_family = max(len(c.family) for c in methods)
+    for cls in sorted(methods, key=lambda c: (c.family, c.name)):
+        print(f"{cls.name:<{w_name}}  {cls.family:<{w_family}}  {cls.description}")
     return 0
 
 

@@ -150,6 +150,9 @@ class TrainConfig(Section):
     """With ``on_nonfinite: skip``, stop anyway after this many skipped steps."""
     collapse_threshold: float = Field(default=0.05, ge=0)
     """Warn when the method's ``embedding_spread`` metric (1 = spread, 0 = collapsed) is below."""
+    collapse_min_effective_rank: float = Field(default=1.5, ge=0)
+    """Warn when the method's ``effective_rank`` metric (exp of the entropy of the embeddings'
+    normalised singular values; 1 = every embedding on one direction) is below."""
     sync_batchnorm: bool = True
     """Under DDP, normalise with statistics of the global batch (as one process would)."""
 

@@ -180,6 +180,31 @@ def test_collapse_warning(tiny_npz, tmp_path, monkeypatch):
         Trainer(cfg_for(tiny_npz, tmp_path / "run", "train.max_steps=2")).fit()
 
 
+def test_collapse_reason_checks_spread_and_effective_rank_when_reported():
+    from selfsup.config import TrainConfig
+    from selfsup.train.trainer import collapse_reason
+
+    tcfg = TrainConfig(collapse_threshold=0.05, collapse_min_effective_rank=1.5)
+    assert collapse_reason({}, tcfg) is None
+    assert collapse_reason({"embedding_spread": 0.9, "effective_rank": 30.0}, tcfg) is None
+    assert "spread" in collapse_reason({"embedding_spread": torch.tensor(0.01)}, tcfg)
+    assert "effective rank 1.100" in collapse_reason({"effective_rank": 1.1}, tcfg)
+
+
+def test_dimensional_collapse_warns_from_effective_rank(tiny_npz, tmp_path, monkeypatch):
+    original = SimCLR.forward
+
+    def forward(self, *args, **kwargs):
+        loss, metrics = original(self, *args, **kwargs)
+        return loss, {**metrics, "embedding_spread": 0.9, "effective_rank": torch.tensor(1.01)}
+
+    monkeypatch.setattr(SimCLR, "forward", forward)
+    with pytest.warns(CollapseWarning, match="effective rank"):
+        Trainer(cfg_for(tiny_npz, tmp_path / "run", "train.max_steps=2")).fit()
+    events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert any(e.get("event") == "collapse_warning" for e in events)
+
+
 def test_same_seed_same_weights_and_environment_recorded(tiny_npz, tmp_path):
     for name in ("a", "b"):
         Trainer(cfg_for(tiny_npz, tmp_path / name, "train.max_steps=3")).fit()

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from selfsup.config import RunConfig, dump_config
+from selfsup.config import RunConfig, TrainConfig, dump_config
 from selfsup.data import BatchLoader, ImageSource, load_source, random_subset_indices
 from selfsup.errors import TrainingError, TrainingInterrupted
 from selfsup.evaluate.encoders import encoder_meta, make_encoder
@@ -43,6 +43,22 @@ from selfsup.train.signals import StopRequest
 
 class CollapseWarning(UserWarning):
     """The embeddings are collapsing towards a constant."""
+
+
+def collapse_reason(metrics: dict[str, Any], tcfg: TrainConfig) -> str | None:
+    """Why a step's metrics look like collapse, or None: ``embedding_spread`` (1 spread, 0
+    collapsed) under ``train.collapse_threshold``, or ``effective_rank`` (1 = every embedding on
+    one direction) under ``train.collapse_min_effective_rank``. Metrics a method does not
+    report are not checked."""
+    if "embedding_spread" in metrics:
+        spread = float(metrics["embedding_spread"])
+        if spread < tcfg.collapse_threshold:
+            return f"embedding spread {spread:.4f} < {tcfg.collapse_threshold}"
+    if "effective_rank" in metrics:
+        rank = float(metrics["effective_rank"])
+        if rank < tcfg.collapse_min_effective_rank:
+            return f"effective rank {rank:.3f} < {tcfg.collapse_min_effective_rank}"
+    return None
 
 
 @dataclass
@@ -372,23 +388,18 @@ class Trainer:
                             logger.log(record, step)
                             bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{rate:.0f}")
                             t_log, images_since_log = now, 0
-                            spread = float(metrics.get("embedding_spread", 1.0))
-                            if main and spread < tcfg.collapse_threshold and not collapse_warned:
+                            reason = collapse_reason(metrics, tcfg)
+                            if main and reason and not collapse_warned:
                                 collapse_warned = True
                                 warnings.warn(
-                                    f"step {step}: embedding spread {spread:.4f} < "
-                                    f"{tcfg.collapse_threshold}: the representation may be "
-                                    "collapsing (every image mapped to nearly the same "
-                                    "embedding)",
+                                    f"step {step}: {reason}: the representation may be "
+                                    "collapsing (images mapped to nearly the same embedding, "
+                                    "or to a few directions)",
                                     CollapseWarning,
                                     stacklevel=1,
                                 )
                                 logger.log(
-                                    {
-                                        "step": step,
-                                        "event": "collapse_warning",
-                                        "embedding_spread": spread,
-                                    },
+                                    {"step": step, "event": "collapse_warning", "reason": reason},
                                     step,
                                 )
                         if pictures_every and main and step % pictures_every == 0:

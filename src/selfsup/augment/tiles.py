@@ -45,10 +45,12 @@ from torch import Tensor
 __all__ = [
     "TileGrid",
     "all_permutations",
+    "cut_patch_grid",
     "default_puzzle_size",
     "lay_out_tiles",
     "maximal_hamming_permutations",
     "min_hamming_distance",
+    "patch_grid_size",
     "randint_rows",
     "rows_of_global_batch",
     "shuffle_tiles",
@@ -214,6 +216,37 @@ class TileGrid:
         batch = torch.arange(n, device=images.device).view(n, 1, 1, 1)
         tiles = images.permute(0, 2, 3, 1)[batch, rows, cols]  # (n, K, t, t, C)
         return tiles.permute(0, 1, 4, 2, 3)
+
+
+def patch_grid_size(image_size: int, patch_size: int, stride: int) -> int:
+    """Patches per side of the overlapping grid :func:`cut_patch_grid` cuts:
+    ``(image_size - patch_size) // stride + 1`` (32 px, 8 px patches, stride 4: 7)."""
+    if patch_size < 1 or stride < 1:
+        raise ValueError(f"patch_size and stride must be >= 1, got {patch_size}, {stride}")
+    if patch_size > image_size:
+        raise ValueError(f"patch_size {patch_size} exceeds the {image_size}px image")
+    return (image_size - patch_size) // stride + 1
+
+
+def cut_patch_grid(images: Tensor, patch_size: int, stride: int) -> Tensor:
+    """Cut a regular grid of (possibly overlapping) square patches, the whole batch at once.
+
+    Patch ``(i, j)`` is the window ``images[..., i * stride : i * stride + patch_size,
+    j * stride : j * stride + patch_size]``; pixels beyond the last full window (when
+    ``(H - patch_size) % stride != 0``) are left out. No randomness: CPC (van den Oord et al.,
+    2018) cuts 50%-overlapping patches (``stride = patch_size // 2``).
+
+    Shapes: ``(n, C, H, W)`` of any dtype -> ``(n, Gh, Gw, C, patch_size, patch_size)`` with
+    ``Gh = patch_grid_size(H, patch_size, stride)`` (likewise ``Gw``); a new contiguous tensor.
+
+    Example:
+        >>> cut_patch_grid(torch.zeros(2, 3, 32, 32), 8, 4).shape
+        torch.Size([2, 7, 7, 3, 8, 8])
+    """
+    for side in images.shape[-2:]:  # validates the geometry
+        patch_grid_size(side, patch_size, stride)
+    windows = images.unfold(2, patch_size, stride).unfold(3, patch_size, stride)
+    return windows.permute(0, 2, 3, 1, 4, 5).contiguous()  # (n, C, Gh, Gw, p, p) -> grid-major
 
 
 def shuffle_tiles(tiles: Tensor, order: Tensor) -> Tensor:

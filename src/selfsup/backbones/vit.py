@@ -177,12 +177,32 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
-        if (h, w) != (self.image_size, self.image_size):
+        if h % self.patch_size or w % self.patch_size:
             raise ValueError(
-                f"expected {self.image_size}x{self.image_size} input, got {h}x{w} "
-                "(build the ViT with image_size=...)"
+                f"input {h}x{w} is not divisible by the patch size {self.patch_size} "
+                f"(native image_size {self.image_size})"
             )
         return self.proj(x).flatten(2).transpose(1, 2)
+
+    def pos_embed_for(self, grid: tuple[int, int]) -> Tensor:
+        """(1, 1 + gh * gw, dim) position embedding for a ``(gh, gw)`` patch grid.
+
+        The native grid returns ``pos_embed`` itself. Other grids (e.g. DINO's small local
+        crops) get the patch rows resized bicubically as an image over the native grid, as DINO
+        and timm do; the cls row is kept. Works for sin-cos and learned embeddings alike and is
+        differentiable for the learned one.
+        """
+        pe = self.pos_embed
+        g = self.grid_size
+        if tuple(grid) == (g, g):
+            return pe
+        gh, gw = grid
+        cls, patch = pe[:, :1], pe[:, 1:]
+        dim = patch.shape[-1]
+        patch = patch.reshape(1, g, g, dim).permute(0, 3, 1, 2).float()
+        patch = F.interpolate(patch, size=(gh, gw), mode="bicubic", align_corners=False)
+        patch = patch.permute(0, 2, 3, 1).reshape(1, gh * gw, dim).to(pe.dtype)
+        return torch.cat([cls, patch], dim=1)
 
 
 class VisionTransformer(Backbone):
@@ -199,6 +219,8 @@ class VisionTransformer(Backbone):
 
     Shapes:
         ``forward``: (N, C, H, W) -> (N, embed_dim); ``forward_features``: -> (N, 1 + L, dim).
+        Inputs other than ``image_size`` (sides multiples of the patch size) use an
+        interpolated position embedding; the native size is computed exactly as before.
     """
 
     def __init__(
@@ -282,8 +304,15 @@ class VisionTransformer(Backbone):
 
     # --- encoder ---------------------------------------------------------------------------
     def embed(self, x: Tensor) -> Tensor:
-        """(N, C, H, W) -> (N, L, dim) patch tokens with position embedding added (no cls)."""
-        return self.patch_embed(x) + self.pos_embed[:, 1:, :]
+        """(N, C, H, W) -> (N, L, dim) patch tokens with position embedding added (no cls).
+
+        H and W may differ from ``image_size`` (multiples of the patch size): the position
+        embedding is then interpolated to the ``(H / p, W / p)`` grid
+        (:meth:`PatchEmbed.pos_embed_for`), so e.g. DINO's local crops pass through the same
+        ViT; ``L = (H / p) * (W / p)``.
+        """
+        grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
+        return self.patch_embed(x) + self.patch_embed.pos_embed_for(grid)[:, 1:, :]
 
     def forward_tokens(self, tokens: Tensor, ids_keep: Tensor | None = None) -> Tensor:
         """Run the transformer on (a subset of) embedded patch tokens.

@@ -1,5 +1,26 @@
 """Losses: pure functions of tensors, each testable against a hand-written formula."""
 
+from selfsup.losses.cosine import negative_cosine, normalized_mse
+from selfsup.losses.dino import dino_loss, dino_teacher_probs
 from selfsup.losses.info_nce import info_nce, nt_xent
+from selfsup.losses.redundancy import (
+    barlow_twins_loss,
+    cross_correlation,
+    off_diagonal,
+    vicreg_loss,
+    vicreg_terms,
+)
 
-__all__ = ["info_nce", "nt_xent"]
+__all__ = [
+    "barlow_twins_loss",
+    "cross_correlation",
+    "dino_loss",
+    "dino_teacher_probs",
+    "info_nce",
+    "negative_cosine",
+    "normalized_mse",
+    "nt_xent",
+    "off_diagonal",
+    "vicreg_loss",
+    "vicreg_terms",
+]

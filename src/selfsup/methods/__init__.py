@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import difflib
 
+from selfsup.methods.barlow_twins import BarlowTwins
 from selfsup.methods.base import Method, MethodConfig, normalization
+from selfsup.methods.byol import BYOL
 from selfsup.methods.colorization import Colorization
+from selfsup.methods.cpc import CPC
+from selfsup.methods.dino import DINO
 from selfsup.methods.inpainting import Inpainting
 from selfsup.methods.jigsaw import Jigsaw
 from selfsup.methods.mae import MAE
+from selfsup.methods.moco import MoCoV2, MoCoV3
 from selfsup.methods.relative_location import RelativeLocation
 from selfsup.methods.rotation import Rotation
 from selfsup.methods.simclr import SimCLR
+from selfsup.methods.simsiam import SimSiam
 from selfsup.methods.split_brain import SplitBrain
 from selfsup.methods.supervised import Supervised
+from selfsup.methods.vicreg import VICReg
 
 _METHODS: dict[str, type[Method]] = {}
 
@@ -36,6 +43,14 @@ for _cls in (
     RelativeLocation,
     Colorization,
     SplitBrain,
+    BYOL,
+    SimSiam,
+    BarlowTwins,
+    VICReg,
+    CPC,
+    DINO,
+    MoCoV2,
+    MoCoV3,
 ):
     register_method(_cls)
 
@@ -56,17 +71,25 @@ def list_methods() -> list[type[Method]]:
 
 
 __all__ = [
+    "BYOL",
+    "BarlowTwins",
+    "CPC",
     "Colorization",
+    "DINO",
     "Inpainting",
     "Jigsaw",
     "MAE",
     "Method",
     "MethodConfig",
+    "MoCoV2",
+    "MoCoV3",
     "RelativeLocation",
     "Rotation",
     "SimCLR",
+    "SimSiam",
     "SplitBrain",
     "Supervised",
+    "VICReg",
     "get_method",
     "list_methods",
     "normalization",

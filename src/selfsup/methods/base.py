@@ -106,6 +106,8 @@ class Method(nn.Module):
         self.num_classes = num_classes
         self.pipeline = build_pipeline(augment or self.default_augment, image_size, mean, std)
         self.memory_format = torch.contiguous_format
+        self.steps_per_epoch = 1
+        """Optimizer steps per epoch; the trainer sets it through :meth:`on_train_start`."""
 
     def views(
         self, images: Tensor, generator: torch.Generator, global_size: int | None, offset: int
@@ -123,6 +125,15 @@ class Method(nn.Module):
         offset: int = 0,
     ) -> StepResult:
         raise NotImplementedError
+
+    def on_train_start(self, steps_per_epoch: int, total_steps: int) -> None:
+        """Hook called once by the trainer before the first (or resumed) step, for schedules
+        given in epochs (DINO's teacher-temperature warm-up). Sets ``self.steps_per_epoch``."""
+        self.steps_per_epoch = steps_per_epoch
+
+    def before_optimizer_step(self, step: int, total_steps: int) -> None:
+        """Hook after backward, gradient unscaling and clipping, before the optimizer step:
+        may edit gradients (e.g. set ``p.grad = None`` so the optimizer skips ``p``)."""
 
     def on_after_step(self, step: int, total_steps: int) -> None:
         """Hook after each optimizer step (momentum encoders, queues, ...)."""

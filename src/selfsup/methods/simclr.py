@@ -12,7 +12,8 @@ from torch import Tensor
 
 from selfsup.heads import ProjectionHead
 from selfsup.losses import nt_xent
-from selfsup.methods.base import Method, MethodConfig, StepResult, embedding_spread
+from selfsup.methods.base import Method, MethodConfig, StepResult
+from selfsup.methods.monitor import collapse_metrics
 from selfsup.train.distributed import gather_with_grad
 
 
@@ -57,7 +58,7 @@ class SimCLR(Method):
         with torch.no_grad():
             zn = torch.nn.functional.normalize(z, dim=1)
             positive_cos = (zn[:n] * zn[n:]).sum(1).mean()
-        return loss, {"positive_cosine": positive_cos, "embedding_spread": embedding_spread(z)}
+        return loss, {"positive_cosine": positive_cos, **collapse_metrics(z)}
 
     @torch.no_grad()
     def pretext_metrics(self, images: Tensor, generator: torch.Generator) -> dict[str, float]:

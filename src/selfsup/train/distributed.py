@@ -89,6 +89,22 @@ def gather_with_grad(x: Tensor) -> Tensor:
     return torch.cat(_GatherWithGrad.apply(x), dim=0)
 
 
+@torch.no_grad()
+def gather_no_grad(x: Tensor) -> Tensor:
+    """Concatenate ``x`` (n, ...) from every process into (world * n, ...), without gradients.
+
+    Rows of process r land at ``[r * n:(r + 1) * n]`` (the layout of :func:`gather_with_grad`),
+    so every process gets the same tensor: for keys of a momentum encoder (MoCo's queue and
+    in-batch keys), which take no gradient. Every process must pass the same shape. In a single
+    process it returns ``x.detach()``.
+    """
+    if not is_distributed() or get_world_size() == 1:
+        return x.detach()
+    out = [torch.empty_like(x) for _ in range(get_world_size())]
+    dist.all_gather(out, x.detach().contiguous())
+    return torch.cat(out, dim=0)
+
+
 def all_reduce_mean(x: Tensor) -> Tensor:
     if not is_distributed():
         return x
@@ -171,6 +187,9 @@ def _convert_to_global(module: nn.Module) -> nn.Module:
             with torch.no_grad():
                 out.weight.copy_(module.weight)
                 out.bias.copy_(module.bias)
+            # frozen copies (EMA targets, MoCo's key network) must stay frozen
+            out.weight.requires_grad_(module.weight.requires_grad)
+            out.bias.requires_grad_(module.bias.requires_grad)
         if module.track_running_stats:
             out.running_mean.copy_(module.running_mean)
             out.running_var.copy_(module.running_var)

@@ -323,11 +323,13 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 scaler.update()
                 return loss, {**metrics, "grad_norm": grad_norm}, False
+            method.before_optimizer_step(step, total_steps)
             scaler.step(optimizer)
             scaler.update()
             method.on_after_step(step, total_steps)
             return loss, {**metrics, "grad_norm": grad_norm}, True
 
+        method.on_train_start(steps_per_epoch, total_steps)
         step, last_loss = start_step, float("nan")
         t_start = time.perf_counter()
         t_log, images_since_log = t_start, 0

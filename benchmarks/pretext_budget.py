@@ -92,7 +92,8 @@ def main() -> None:
         _write(results_path, rows, args)
 
     # The RGB random-init row is cifar10_budget.json's (same architecture and protocol).
-    for label, spec in [("random init (L channel)", f"random:{out / 'colorization'}")]:
+    for label, spec in [("random init (L channel)", f"random:{out / 'colorization'}"),
+                        ("random init (Lab, two branches)", f"random:{out / 'split_brain'}")]:
         if args.only and "random" not in args.only:
             continue
         if label in rows or not Path(spec.removeprefix("random:")).exists():
@@ -126,24 +127,56 @@ def _write(path: Path, rows: dict[str, dict], args: argparse.Namespace) -> None:
     path.write_text(json.dumps(result, indent=2))
 
 
-def _pretext_text(pretext: dict[str, float]) -> str:
-    keep = [k for k in pretext if "acc" in k or "psnr" in k or "sharp" in k or "error" in k]
-    return ", ".join(f"{k} {pretext[k]:.3g}" for k in (keep or list(pretext))[:3])
+PRETEXT_KEYS = {  # the headline pretext metric(s) of each method, in the table
+    "rotation": ["rotation_accuracy"],
+    "jigsaw": ["permutation_accuracy", "permutation_min_hamming"],
+    "relative_location": ["location_accuracy"],
+    "colorization": ["ab_l2_error", "grey_ab_l2_error", "psnr", "grey_psnr"],
+    "split_brain": ["ab_l2_error", "l_abs_error"],
+    "inpainting": ["masked_psnr", "mean_fill_psnr", "sharpness"],
+}
+RANDOM_FOR = {"colorization": "random init (L channel)",
+              "split_brain": "random init (Lab, two branches)"}
+
+
+def _pretext_text(method: str, pretext: dict[str, float]) -> str:
+    keys = [k for k in PRETEXT_KEYS.get(method, []) if k in pretext] or list(pretext)[:2]
+    return ", ".join(f"{k} {pretext[k]:.3g}" for k in keys)
 
 
 def _table(rows: dict[str, dict], baseline: dict | None) -> None:
-    print("\n| encoder | pretext metric (held-out) | kNN@200 | kNN@20 | linear | images seen "
-          "| train minutes |")
-    print("|---|---|---|---|---|---|---|")
-    quoted = []
-    if baseline:
-        quoted = [r for r in baseline["rows"] if r["name"] in ("random init", "SimCLR")]
-    for r in [*quoted, *rows.values()]:
-        pretext = _pretext_text(r["pretext"]) if r.get("pretext") else "-"
-        seen = f"{r['images_seen']:,}" if r.get("images_seen") else "-"
+    """Markdown table; each method beside the random-init encoder of its input space."""
+    quoted = {r["name"]: r for r in (baseline or {"rows": []})["rows"]}
+    randoms = {"random init (RGB)": quoted.get("random init")}
+    randoms.update({k: v for k, v in rows.items() if k.startswith("random")})
+    print("\n| encoder | pretext metric (2,000 held-out test images) | kNN@200 | kNN@20 | linear "
+          "| vs random init (kNN@200 / linear) | images seen | train minutes |")
+    print("|---|---|---|---|---|---|---|---|")
+    lines = [("random init (RGB)", randoms["random init (RGB)"], None)]
+    if "SimCLR" in quoted:
+        lines.append(("SimCLR", quoted["SimCLR"], "random init (RGB)"))
+    for name, r in rows.items():
+        if name.startswith("random"):
+            lines.append((name, r, None))
+        else:
+            lines.append((name, r, RANDOM_FOR.get(r.get("method", ""), "random init (RGB)")))
+    for name, r, ref_name in lines:
+        if r is None:
+            continue
+        pretext = _pretext_text(r.get("method", ""), r["pretext"]) if r.get("pretext") else "-"
+        seen = f"{r['images_seen']:,}" if r.get("images_seen") else (
+            "100,000" if name == "SimCLR" else "-")
         minutes = f"{r['train_minutes']:.1f}" if "train_minutes" in r else "-"
-        print(f"| {r['name']} | {pretext} | {r['knn@200']:.3f} | {r['knn@20']:.3f} | "
-              f"{r['linear_top1']:.3f} | {seen} | {minutes} |")
+        ref = randoms.get(ref_name) if ref_name else None
+        if ref:
+            dk, dl = r["knn@200"] - ref["knn@200"], r["linear_top1"] - ref["linear_top1"]
+            verdict = "beats" if dk > 0.01 and dl > 0.01 else (
+                "below" if dk < -0.01 and dl < -0.01 else "mixed/tied")
+            delta = f"{dk:+.3f} / {dl:+.3f} ({verdict})"
+        else:
+            delta = "-"
+        print(f"| {name} | {pretext} | {r['knn@200']:.3f} | {r['knn@20']:.3f} | "
+              f"{r['linear_top1']:.3f} | {delta} | {seen} | {minutes} |")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,9 @@ RUNS: list[tuple[str, str, str, list[str]]] = [
     ("split_brain", "split_brain", "split_brain_cifar10_cpu", []),
     ("inpainting", "inpainting", "inpainting_cifar10_cpu", []),
     ("inpainting_adv", "inpainting", "inpainting_adv_cifar10_cpu", []),
+    # a 50x stronger adversarial term with the discriminator at the full learning rate
+    ("inpainting_adv_strong", "inpainting", "inpainting_adv_cifar10_cpu",
+     ["method_args.adversarial_weight=0.05", "method_args.disc_lr_scale=1.0"]),
 ]
 
 

@@ -158,7 +158,9 @@ def _table(rows: dict[str, dict], baseline: dict | None) -> None:
     lines = [("random init (RGB)", randoms["random init (RGB)"], None)]
     if "SimCLR" in quoted:
         lines.append(("SimCLR", quoted["SimCLR"], "random init (RGB)"))
-    for name, r in rows.items():
+    order = [label for label, *_ in RUNS]
+    ranked = sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
+    for name, r in ranked:
         if name.startswith("random"):
             lines.append((name, r, None))
         else:

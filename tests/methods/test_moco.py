@@ -292,6 +292,7 @@ def test_queue_not_a_multiple_of_the_global_batch_is_a_config_error(tiny_npz, tm
         sym(_images(8), None, torch.Generator().manual_seed(0))
     with pytest.raises(ConfigError, match=r"queue_size=40.*batch_size=16"):
         Trainer(_cfg(tiny_npz, tmp_path / "r", "method_args.queue_size=40")).fit()
+    assert not (tmp_path / "r").exists()  # refused before the run directory is written
 
 
 def test_freeze_patch_embed_needs_a_vit():

@@ -135,6 +135,11 @@ class Method(nn.Module):
         """Hook after backward, gradient unscaling and clipping, before the optimizer step:
         may edit gradients (e.g. set ``p.grad = None`` so the optimizer skips ``p``)."""
 
+    def check_global_batch(self, global_batch: int) -> None:
+        """Refuse a global batch size the method cannot use (e.g. MoCo's queue must hold a whole
+        number of batches) with a :class:`~selfsup.errors.ConfigError`. The trainer calls it
+        before anything is written."""
+
     def on_after_step(self, step: int, total_steps: int) -> None:
         """Hook after each optimizer step (momentum encoders, queues, ...)."""
 

@@ -173,6 +173,7 @@ class Trainer:
         image_size = cfg.data.image_size or source.image_size
         num_classes = int(source.labels.max()) + 1 if source.labels is not None else None
         method = build_method(cfg, image_size, source.num_channels, num_classes)
+        method.check_global_batch(tcfg.batch_size)  # before the run directory is made
         enc_meta = encoder_meta(
             cfg.backbone,
             image_size=image_size,

@@ -27,6 +27,7 @@ from selfsup.augment.presets import (
     IMAGENET_STD,
     blur_kernel_size,
     build_pipeline,
+    crop_flip_pipeline,
     list_pipelines,
     register_pipeline,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "MultiView",
     "slice_params",
     "build_pipeline",
+    "crop_flip_pipeline",
     "list_pipelines",
     "register_pipeline",
     "blur_kernel_size",

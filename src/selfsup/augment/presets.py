@@ -37,6 +37,7 @@ __all__ = [
     "list_pipelines",
     "register_pipeline",
     "blur_kernel_size",
+    "crop_flip_pipeline",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -135,14 +136,26 @@ def _supervised_cifar(size: int, mean: Sequence[float], std: Sequence[float]) ->
     Chosen over the classic pad-4-and-crop because it works for any output ``size`` and any
     input size; its crops cover a similar range of translations and mild zooms.
     """
-    return Compose(
-        [
-            ToFloat(),
-            RandomResizedCrop(size, scale=(0.35, 1.0)),
-            RandomHorizontalFlip(0.5),
-            Normalize(mean, std),
-        ]
-    )
+    return crop_flip_pipeline(size, (0.35, 1.0), mean, std)
+
+
+def crop_flip_pipeline(
+    size: int,
+    scale: tuple[float, float],
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Compose:
+    """The light view of pretexts that need no invariances: ToFloat, RandomResizedCrop with
+    area ``scale`` to ``size``, horizontal flip, then normalise with ``mean``/``std`` (left in
+    [0, 1] when they are None). (N, C, H, W) uint8 -> (N, C, size, size) float."""
+    ops: list[Transform] = [
+        ToFloat(),
+        RandomResizedCrop(size, scale=scale),
+        RandomHorizontalFlip(0.5),
+    ]
+    if mean is not None and std is not None:
+        ops.append(Normalize(mean, std))
+    return Compose(ops)
 
 
 @register_pipeline("eval", IMAGENET_MEAN, IMAGENET_STD)

@@ -55,11 +55,10 @@ from selfsup.augment import (
     Compose,
     Normalize,
     RandomGrayscale,
-    RandomHorizontalFlip,
-    RandomResizedCrop,
     Resize,
     ToFloat,
     build_pipeline,
+    crop_flip_pipeline,
     slice_params,
 )
 from selfsup.augment.tiles import (
@@ -218,13 +217,7 @@ class CPC(Method):
                 f"{self.grid_size} rows of the patch grid"
             )
         if augment is None:
-            self.pipeline = Compose(
-                [
-                    ToFloat(),
-                    RandomResizedCrop(self.view_size, scale=cfg.crop_scale),
-                    RandomHorizontalFlip(),
-                ]
-            )
+            self.pipeline = crop_flip_pipeline(self.view_size, cfg.crop_scale)
         else:  # a named preset at view size, left in [0, 1] (patches are normalised later)
             zeros, ones = (0.0,) * channels, (1.0,) * channels
             self.pipeline = build_pipeline(augment, self.view_size, zeros, ones)

@@ -43,12 +43,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from selfsup.augment import (
-    Compose,
-    Normalize,
-    RandomHorizontalFlip,
-    RandomResizedCrop,
-    ToFloat,
     build_pipeline,
+    crop_flip_pipeline,
 )
 from selfsup.augment.pixel_masks import center_square, sample_pixel_masks
 from selfsup.heads import ConvDecoder, feature_map_shape, spatial_features
@@ -239,14 +235,7 @@ class Inpainting(Method):
         size, mean, std = self.image_size, self.mean, self.std
         if augment is None:
             # Light augmentation: the pretext needs no invariances, crops and flips add variety.
-            self.pipeline = Compose(
-                [
-                    ToFloat(),
-                    RandomResizedCrop(size, scale=(0.5, 1.0)),
-                    RandomHorizontalFlip(),
-                    Normalize(mean, std),
-                ]
-            )
+            self.pipeline = crop_flip_pipeline(size, (0.5, 1.0), mean, std)
         self.eval_pipeline = build_pipeline("eval", size, mean, std)
         channels = encoder.in_channels
         dim, h = feature_map_shape(encoder, channels, size)

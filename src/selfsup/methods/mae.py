@@ -25,12 +25,8 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from selfsup.augment import (
-    Compose,
-    Normalize,
-    RandomHorizontalFlip,
-    RandomResizedCrop,
-    ToFloat,
     build_pipeline,
+    crop_flip_pipeline,
 )
 from selfsup.augment.masking import block_masking, grid_masking, random_masking
 from selfsup.backbones.vit import Block, VisionTransformer, get_2d_sincos_pos_embed
@@ -129,14 +125,7 @@ class MAE(Method):
         size, mean, std = self.image_size, self.mean, self.std
         if augment is None:
             # MAE's light augmentation: random resized crop (0.2-1), flip, normalise.
-            self.pipeline = Compose(
-                [
-                    ToFloat(),
-                    RandomResizedCrop(size, scale=(0.2, 1.0)),
-                    RandomHorizontalFlip(),
-                    Normalize(mean, std),
-                ]
-            )
+            self.pipeline = crop_flip_pipeline(size, (0.2, 1.0), mean, std)
         self.eval_pipeline = build_pipeline("eval", size, mean, std)
 
         dim, ddim = encoder.embed_dim, cfg.decoder_dim

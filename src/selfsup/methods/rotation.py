@@ -25,12 +25,8 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from selfsup.augment import (
-    Compose,
-    Normalize,
-    RandomHorizontalFlip,
-    RandomResizedCrop,
-    ToFloat,
     build_pipeline,
+    crop_flip_pipeline,
 )
 from selfsup.heads import ProjectionHead
 from selfsup.methods.base import Method, MethodConfig, StepResult
@@ -81,14 +77,7 @@ class Rotation(Method):
         augment = kwargs.pop("augment", None)
         super().__init__(encoder, cfg, augment=augment or "eval", **kwargs)
         if augment is None:
-            self.pipeline = Compose(
-                [
-                    ToFloat(),
-                    RandomResizedCrop(self.image_size, scale=cfg.crop_scale),
-                    RandomHorizontalFlip(),
-                    Normalize(self.mean, self.std),
-                ]
-            )
+            self.pipeline = crop_flip_pipeline(self.image_size, cfg.crop_scale, self.mean, self.std)
         self.eval_pipeline = build_pipeline("eval", self.image_size, self.mean, self.std)
         layers = 1 if cfg.head == "linear" else 2
         self.head = ProjectionHead(encoder.feature_dim, cfg.head_hidden_dim, NUM_ROTATIONS, layers)

@@ -19,18 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
-import torch
+from budget_common import read_rows, train, train_fields, write_rows
 
-from selfsup.config import load_config
 from selfsup.data import load_source
 from selfsup.evaluate import evaluate_encoder, load_eval_data
 from selfsup.evaluate.pretext import evaluate_pretext, load_method
-from selfsup.train import Trainer
-from selfsup.train.checkpoint import latest_checkpoint
 
 # (row label, method, recipe, extra overrides)
 RUNS: list[tuple[str, str, str, list[str]]] = [
@@ -47,15 +43,6 @@ RUNS: list[tuple[str, str, str, list[str]]] = [
 ]
 
 
-def train(method: str, recipe: str, out_dir: Path, overrides: list[str]) -> dict:
-    """Train (or resume, or reuse) one run; returns its summary.json."""
-    cfg = load_config(method, recipe, [f"out_dir={out_dir}", "train.progress=false", *overrides])
-    summary = out_dir / "summary.json"
-    if not summary.exists():
-        Trainer(cfg, resume=latest_checkpoint(out_dir) is not None).fit()
-    return json.loads(summary.read_text())
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="benchmarks/runs/pretext_budget")
@@ -68,8 +55,7 @@ def main() -> None:
     p.add_argument("--overrides", nargs="*", default=[], help="key=value for every run")
     args = p.parse_args()
     out, results_path = Path(args.out), Path(args.results)
-    previous = json.loads(results_path.read_text()) if results_path.exists() else {"rows": []}
-    rows: dict[str, dict] = {r["name"]: r for r in previous["rows"]}
+    rows = read_rows(results_path)
 
     data = load_eval_data("cifar10")
     held_out = load_source("cifar10", split="test").subset(list(range(args.pretext_images)))
@@ -86,10 +72,7 @@ def main() -> None:
                              linear_epochs=args.linear_epochs)
         r["pretext"] = evaluate_pretext(load_method(run_dir), held_out)
         r.update(name=label, method=method, recipe=recipe, overrides=extra + args.overrides,
-                 checkpoint_step=summary.get("steps"), train_minutes=summary["seconds"] / 60,
-                 train_images_per_second=summary["images_per_second"],
-                 images_seen=summary.get("images_seen"),
-                 eval_minutes=(time.perf_counter() - t0) / 60)
+                 **train_fields(summary), eval_minutes=(time.perf_counter() - t0) / 60)
         rows[label] = r
         print(json.dumps(r))
         _write(results_path, rows, args)
@@ -112,22 +95,12 @@ def main() -> None:
 
 
 def _write(path: Path, rows: dict[str, dict], args: argparse.Namespace) -> None:
-    """Write the results, merged with rows another process (``--only``) wrote meanwhile."""
-    if path.exists():
-        on_disk = {r["name"]: r for r in json.loads(path.read_text())["rows"]}
-        rows.update({k: v for k, v in on_disk.items() if k not in rows})
-    result = {
-        "budget": {"backbone": "resnet18 (CIFAR stem), width 0.25", "subset": 20000,
-                   "recipes": "<method>_cifar10_cpu", "precision": "auto (fp32 here)",
-                   "eval": "kNN (k=200/20, t=0.1) and linear probe (BN, SGD, "
-                           f"{args.linear_epochs} epochs) on all 50k train / 10k test; pretext "
-                           f"metrics on the first {args.pretext_images} test images"},
-        "machine": {"cpu": platform.processor() or platform.machine(),
-                    "threads": torch.get_num_threads(), "torch": torch.__version__},
-        "rows": list(rows.values()),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    write_rows(path, rows, {
+        "backbone": "resnet18 (CIFAR stem), width 0.25", "subset": 20000,
+        "recipes": "<method>_cifar10_cpu", "precision": "auto (fp32 here)",
+        "eval": "kNN (k=200/20, t=0.1) and linear probe (BN, SGD, "
+                f"{args.linear_epochs} epochs) on all 50k train / 10k test; pretext "
+                f"metrics on the first {args.pretext_images} test images"})
 
 
 PRETEXT_KEYS = {  # the headline pretext metric(s) of each method, in the table

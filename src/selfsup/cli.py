@@ -69,6 +69,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             linear_lr=args.lr,
             linear_batch_norm=not args.no_batch_norm,
             seed=args.seed,
+            head=args.head,
         )
         result["data"] = data.key
         rows.append(result)
@@ -207,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-batch-norm",
         action="store_true",
         help="linear probe without BatchNorm (no affine) before the linear layer",
+    )
+    p.add_argument(
+        "--head",
+        help="evaluate the outputs of this method head after the encoder (run dirs), e.g. "
+        "projector: the representation after SimCLR's or MoCo's projection head",
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)

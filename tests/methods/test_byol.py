@@ -2,8 +2,10 @@
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
+from two_process import assert_same_loss_curve, final_states, train_single_and_ddp
 
 from selfsup.cli import main
 from selfsup.config import load_config
@@ -83,3 +85,19 @@ def test_train_from_the_cli_then_knn(tiny_npz, tmp_path):
         == 0
     )
     assert 0 <= json.loads(knn.read_text())[0]["knn@5"] <= 1
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_matches_one_process(tiny_npz, tmp_path):
+    """2 torchrun processes (global BatchNorm in the online and target heads) follow the loss
+    curve of 1 process on the same global batch and end with the same target network."""
+    train_single_and_ddp("byol", tiny_npz, tmp_path, [
+        "method_args.proj_hidden_dim=32", "method_args.proj_out_dim=16",
+        "method_args.pred_hidden_dim=32", "train.optimizer.name=sgd", "train.optimizer.lr=0.05",
+    ])  # fmt: skip
+    assert_same_loss_curve(tmp_path)
+    a, b = final_states(tmp_path)
+    target = [k for k in a if k.startswith("target.") and a[k].is_floating_point()]
+    assert target
+    for key in target:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-5, msg=key)

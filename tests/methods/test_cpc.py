@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from two_process import assert_same_loss_curve, train_single_and_ddp
 
 import selfsup.methods.cpc as cpc_module
 from selfsup.backbones import build_backbone
@@ -331,3 +332,15 @@ def test_embedding_spread_is_over_patch_embeddings():
     m = _cpc()
     _, metrics = m(_images(4), None, _g())
     assert 0 < float(metrics["embedding_spread"]) <= math.sqrt(m.encoder.feature_dim)
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_matches_one_process(tiny_npz, tmp_path):
+    """2 torchrun processes (patch embeddings and predictions gathered with gradients, the
+    kept positions drawn once for the global batch, global BatchNorm) follow the loss curve
+    of 1 process on the same global batch."""
+    train_single_and_ddp("cpc", tiny_npz, tmp_path, [
+        "method_args.context_dim=32", "method_args.prediction_steps=2",
+        "method_args.max_queries=64",
+    ])  # fmt: skip
+    assert_same_loss_curve(tmp_path)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from two_process import assert_same_loss_curve, final_states, train_single_and_ddp
 
 import selfsup.methods.dino as dino_module
 from selfsup.backbones import build_backbone
@@ -408,3 +409,21 @@ def test_recipes_load(recipe):
         assert mc.num_local_crops == 6 and mc.hidden_dim == 2048 and mc.bottleneck_dim == 256
     if recipe == "dino_vit_default":
         assert cfg.backbone.name == "vit_small" and cfg.backbone.patch_size == 4
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_matches_one_process(tiny_npz, tmp_path):
+    """2 torchrun processes (multi-crop drawn for the global batch, the teacher centre
+    all-reduced, global BatchNorm) follow the loss curve of 1 process on the same global batch
+    and end with the same centre and teacher."""
+    train_single_and_ddp("dino", tiny_npz, tmp_path, [
+        "method_args.out_dim=64", "method_args.hidden_dim=32", "method_args.bottleneck_dim=16",
+        "method_args.num_local_crops=2", "method_args.local_crop_size=8",
+        "method_args.warmup_teacher_temp_epochs=1", "train.optimizer.name=sgd",
+        "train.optimizer.lr=0.05",
+    ])  # fmt: skip
+    assert_same_loss_curve(tmp_path)
+    a, b = final_states(tmp_path)
+    assert a["center"].abs().sum() > 0
+    for key in ["center", *(k for k in a if k.startswith("teacher.") and a[k].is_floating_point())]:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-5, msg=key)

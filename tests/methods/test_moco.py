@@ -4,15 +4,13 @@ against hand-written InfoNCE, config checks, training end to end and under 2-pro
 import importlib.util
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from two_process import assert_same_loss_curve, final_states, train_single_and_ddp
 
 from selfsup.backbones import build_backbone
 from selfsup.cli import main
@@ -462,34 +460,12 @@ def test_two_process_gloo_run_matches_one_process(tiny_npz, tmp_path, method):
     """2 torchrun processes (keys gathered without gradients, global BatchNorm in the query and
     key networks) follow the loss curve of 1 process on the same global batch, and (v2) end
     with the same queue: 4 steps of 16 keys through a queue of 32, so it wrapped around."""
-    common = [
-        f"data.source={tiny_npz}", "eval_data.source=null", "backbone.name=resnet_tiny",
-        "backbone.width=null", "train.batch_size=16", "train.max_steps=4", "train.epochs=2",
-        "train.precision=fp32", "train.progress=false", "train.tensorboard=false",
-        "train.log_every_steps=1", "train.num_threads=1", "train.knn_monitor.every_epochs=0",
-        "train.checkpoint_every_steps=4",
+    train_single_and_ddp(method, tiny_npz, tmp_path, [
         *(f"method_args.{k}={v}" for k, v in SMALL[method].items()),
         *(NOT_IMAGENET if method == "moco_v2" else []),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    train = [sys.executable, "-m", "selfsup", "train", method]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                "2", "-m", "selfsup", "train", method]  # fmt: skip
-    for command, run in ((train, "single"), (torchrun, "ddp")):
-        proc = subprocess.run(
-            [*command, f"out_dir={tmp_path / run}", *common],
-            env=env, capture_output=True, text=True,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
-
-    def curve(run: str) -> list[float]:
-        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
-        return [r["loss"] for r in map(json.loads, lines) if "loss" in r and "event" not in r]
-
-    assert len(curve("single")) == 4
-    assert curve("ddp") == pytest.approx(curve("single"), rel=1e-4, abs=1e-5)
-    ckpt = "checkpoints/step_00000004/model.safetensors"
-    a, b = load_file(str(tmp_path / "single" / ckpt)), load_file(str(tmp_path / "ddp" / ckpt))
+    ])  # fmt: skip
+    assert_same_loss_curve(tmp_path)
+    a, b = final_states(tmp_path)
     if method == "moco_v2":
         assert int(a["queue_ptr"]) == int(b["queue_ptr"]) == 0
         torch.testing.assert_close(b["queue"], a["queue"], rtol=1e-3, atol=1e-5)

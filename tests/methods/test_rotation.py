@@ -2,13 +2,11 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from torch import nn
+from two_process import assert_same_loss_curve, train_single_and_ddp
 
 from selfsup.backbones import build_backbone
 from selfsup.cli import main
@@ -232,27 +230,5 @@ def test_train_then_eval_pretext_and_knn_from_the_cli(tiny_npz, tmp_path):
 def test_two_process_gloo_run_matches_one_process(tiny_npz, tmp_path):
     """2 torchrun processes (each drawing for the global batch and keeping its rows, global
     BatchNorm) follow the same loss curve as 1 process on the same global batch."""
-    common = [
-        f"data.source={tiny_npz}", "eval_data.source=null", "backbone.name=resnet_tiny",
-        "backbone.width=null", "train.batch_size=16", "train.max_steps=4", "train.epochs=2",
-        "train.precision=fp32", "train.progress=false", "train.tensorboard=false",
-        "train.log_every_steps=1", "train.num_threads=1", "train.knn_monitor.every_epochs=0",
-        "method_args.head_hidden_dim=32",
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    train = [sys.executable, "-m", "selfsup", "train", "rotation"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                "2", "-m", "selfsup", "train", "rotation"]  # fmt: skip
-    for command, run in ((train, "single"), (torchrun, "ddp")):
-        proc = subprocess.run(
-            [*command, f"out_dir={tmp_path / run}", *common],
-            env=env, capture_output=True, text=True,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
-
-    def curve(run: str) -> list[float]:
-        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
-        return [r["loss"] for r in map(json.loads, lines) if "loss" in r and "event" not in r]
-
-    assert len(curve("single")) == 4
-    assert curve("ddp") == pytest.approx(curve("single"), rel=1e-4, abs=1e-5)
+    train_single_and_ddp("rotation", tiny_npz, tmp_path, ["method_args.head_hidden_dim=32"])
+    assert_same_loss_curve(tmp_path)

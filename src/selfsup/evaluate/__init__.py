@@ -1,6 +1,12 @@
 """Evaluation: feature extraction (cached), kNN, linear probe, and encoder loading."""
 
-from selfsup.evaluate.encoders import LoadedEncoder, build_encoder, encoder_meta, load_encoder
+from selfsup.evaluate.encoders import (
+    LoadedEncoder,
+    build_encoder,
+    encoder_meta,
+    load_encoder,
+    load_encoder_with_head,
+)
 from selfsup.evaluate.features import cached_features, extract_features, match_channels
 from selfsup.evaluate.knn import knn_accuracy, knn_predict
 from selfsup.evaluate.linear import linear_probe
@@ -19,6 +25,7 @@ __all__ = [
     "knn_predict",
     "linear_probe",
     "load_encoder",
+    "load_encoder_with_head",
     "load_eval_data",
     "match_channels",
 ]

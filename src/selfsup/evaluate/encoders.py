@@ -10,6 +10,9 @@ composite split-brain encoder also records ``channel_groups`` and the training d
 - a checkpoint directory or an ``encoder.safetensors`` file with its meta beside it,
 - ``random:SPEC`` — the same architecture as SPEC (a run or a backbone name) at random init,
   the baseline every number should sit beside.
+
+:func:`load_encoder_with_head` instead gives a run's encoder followed by one of its method's
+heads (e.g. SimCLR's ``projector``), to probe the representation after the head.
 """
 
 from __future__ import annotations
@@ -186,3 +189,46 @@ def load_encoder(
         )
     label = f"{meta.get('method', '?')} ({run_dir.name if run_dir else weights.name})"
     return LoadedEncoder(encoder, meta, _file_digest(weights), label=label, run_dir=run_dir)
+
+
+class _EncoderThenHead(torch.nn.Module):
+    """``head(encoder(x))``: (N, C, S, S) -> (N, head output dim)."""
+
+    def __init__(self, encoder: Backbone, head: torch.nn.Module, feature_dim: int) -> None:
+        super().__init__()
+        self.encoder, self.head, self.feature_dim = encoder, head, feature_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
+
+
+def load_encoder_with_head(run_dir: str | Path, head: str) -> LoadedEncoder:
+    """A run's trained encoder followed by its method's module ``head`` (e.g. ``projector``),
+    from the run's last checkpoint; features are then the head's outputs. Raises ValueError
+    naming the method's heads when it has no such module."""
+    from selfsup.evaluate.pretext import load_method
+
+    run_dir = Path(run_dir)
+    method = load_method(run_dir)
+    heads = [n for n, _ in method.named_children() if n != "encoder"]
+    module = getattr(method, head, None) if head in heads else None
+    if not isinstance(module, torch.nn.Module):
+        raise ValueError(f"{run_dir}: method {method.name!r} has no head {head!r} (heads: {heads})")
+    from selfsup.train.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(run_dir)
+    assert ckpt is not None  # load_method found one
+    meta = dict(json.loads((ckpt / "meta.json").read_text())["encoder"])
+    with torch.no_grad():
+        probe = torch.zeros(2, meta["in_channels"], meta["image_size"], meta["image_size"])
+        dim = int(module.eval()(method.encoder.eval()(probe)).shape[1])
+    meta["feature_dim"], meta["head"] = dim, head
+    identity = _file_digest(ckpt / "model.safetensors") + f":{head}"
+    encoder = _EncoderThenHead(method.encoder, module, dim)
+    return LoadedEncoder(
+        encoder,
+        meta,
+        identity,
+        label=f"{method.name} ({run_dir.name}) + {head}",  # type: ignore[arg-type]
+        run_dir=run_dir,
+    )

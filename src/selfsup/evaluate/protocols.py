@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from selfsup.data import ImageSource, load_source, random_subset_indices
-from selfsup.evaluate.encoders import LoadedEncoder, load_encoder
+from selfsup.evaluate.encoders import LoadedEncoder, load_encoder, load_encoder_with_head
 from selfsup.evaluate.features import cached_features
 from selfsup.evaluate.knn import knn_accuracy
 from selfsup.evaluate.linear import linear_probe
@@ -101,9 +101,11 @@ def evaluate_encoder(
     linear_batch_norm: bool = True,
     seed: int = 0,
     cache_dir: Path | None = None,
+    head: str | None = None,
 ) -> dict[str, Any]:
-    """Run the named protocols ("knn", "linear") for one encoder spec."""
-    loaded = load_encoder(spec, seed=seed)
+    """Run the named protocols ("knn", "linear") for one encoder spec; with ``head`` (a run
+    directory only), on the outputs of that method head after the encoder (e.g. ``projector``)."""
+    loaded = load_encoder_with_head(spec, head) if head else load_encoder(spec, seed=seed)
     ftr, ytr, fte, yte = features_for(loaded, data, device=device, cache_dir=cache_dir)
     result: dict[str, Any] = {
         "encoder": spec,
@@ -115,6 +117,8 @@ def evaluate_encoder(
         "train_images": len(ftr),
         "test_images": len(fte),
     }
+    if head:
+        result["head"] = head
     if "knn" in protocols:
         result.update(
             knn_accuracy(

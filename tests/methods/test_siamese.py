@@ -75,6 +75,21 @@ def test_registry_families_and_published_defaults():
         BYOL.Config(momentum_schedule="linear")
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_pretext_metric_is_positive_retrieval(name):
+    images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8)
+    # identical views (deterministic pipeline): each first view's nearest is its second view
+    torch.manual_seed(0)
+    cls = get_method(name)
+    same = cls(build_backbone("resnet_tiny"), cls.Config(**SMALL[name]), image_size=16,
+               mean=MEAN, std=STD, augment="eval").eval()  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    assert same.pretext_metrics(images, g) == {"positive_retrieval_top1": 1.0}
+    # strong random views through an untrained model: not every pair is found
+    top1 = _method(name).eval().pretext_metrics(images, g)["positive_retrieval_top1"]
+    assert 0.0 <= top1 < 1.0
+
+
 def test_simsiam_projector_ends_in_batchnorm_and_predictor_is_a_bottleneck():
     m = SimSiam(build_backbone("resnet_tiny"), SimSiam.Config(), image_size=16, mean=MEAN, std=STD)
     assert isinstance(m.projector.layers[-1], torch.nn.BatchNorm1d)

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from selfsup.heads import ProjectionHead
 from selfsup.losses import barlow_twins_loss, cross_correlation
-from selfsup.methods.base import Method, MethodConfig, StepResult
+from selfsup.methods.base import Method, MethodConfig, PositiveRetrieval, StepResult
 from selfsup.methods.monitor import collapse_metrics
 from selfsup.train.distributed import gather_with_grad
 
@@ -28,7 +28,7 @@ class BarlowTwinsConfig(MethodConfig):
     """Weight of the off-diagonal (redundancy) term."""
 
 
-class BarlowTwins(Method):
+class BarlowTwins(PositiveRetrieval, Method):
     name = "barlow_twins"
     family = "redundancy reduction"
     description = (

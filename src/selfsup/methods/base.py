@@ -168,3 +168,39 @@ class Method(nn.Module):
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         return (x.float() * std + mean).clamp(0, 1)
+
+
+def contrastive_accuracy(query: Tensor, candidates: Tensor, target: Tensor) -> Tensor:
+    """Top-1 accuracy of InfoNCE: how often the positive has the highest similarity.
+
+    Args:
+        query: (N, D); candidates: (M, D); target: (N,) index of each query's positive.
+
+    Returns:
+        0-d float tensor in [0, 1] (cosine similarities; no gradient).
+    """
+    with torch.no_grad():
+        q, c = (
+            nn.functional.normalize(query.float(), dim=1),
+            nn.functional.normalize(candidates.float(), dim=1),
+        )
+        sim = q @ c.T
+        return (sim.argmax(1) == target).float().mean()
+
+
+class PositiveRetrieval:
+    """Mixin giving two-view methods with an ``encoder`` and a ``projector`` (SimCLR, BYOL,
+    SimSiam, Barlow Twins, VICReg) their pretext metric: ``positive_retrieval_top1``, how often
+    the nearest projection (cosine, among the batch's second views) of an image's first view is
+    its own second view. Put it before :class:`Method` in the bases."""
+
+    encoder: nn.Module
+    projector: nn.Module
+
+    @torch.no_grad()
+    def pretext_metrics(self, images: Tensor, generator: torch.Generator) -> dict[str, float]:
+        views = self.views  # type: ignore[attr-defined]
+        z1 = self.projector(self.encoder(views(images, generator, None, 0)))
+        z2 = self.projector(self.encoder(views(images, generator, None, 0)))
+        target = torch.arange(len(images), device=z1.device)
+        return {"positive_retrieval_top1": float(contrastive_accuracy(z1, z2, target))}

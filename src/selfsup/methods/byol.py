@@ -16,7 +16,7 @@ from torch import Tensor
 
 from selfsup.heads import ProjectionHead
 from selfsup.losses import normalized_mse
-from selfsup.methods.base import Method, MethodConfig, StepResult
+from selfsup.methods.base import Method, MethodConfig, PositiveRetrieval, StepResult
 from selfsup.methods.momentum import EMA
 from selfsup.methods.monitor import collapse_metrics
 
@@ -30,7 +30,7 @@ class BYOLConfig(MethodConfig):
     momentum_schedule: str = Field(default="cosine", pattern="^(cosine|constant)$")
 
 
-class BYOL(Method):
+class BYOL(PositiveRetrieval, Method):
     name = "byol"
     family = "self-distillation"
     description = (

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from selfsup.errors import ConfigError
 from selfsup.heads import ProjectionHead
 from selfsup.losses import info_nce
-from selfsup.methods.base import Method, MethodConfig, StepResult
+from selfsup.methods.base import Method, MethodConfig, StepResult, contrastive_accuracy
 from selfsup.methods.momentum import EMA
 from selfsup.methods.monitor import collapse_metrics
 from selfsup.train.distributed import gather_no_grad, get_rank, get_world_size
@@ -87,20 +87,6 @@ class MoCoV3Config(MethodConfig):
     momentum_schedule: str = Field(default="cosine", pattern="^(cosine|constant)$")
     freeze_patch_embed: bool = False
     """Freeze a ViT's (random) patch projection, the paper's stability trick."""
-
-
-def contrastive_accuracy(query: Tensor, candidates: Tensor, target: Tensor) -> Tensor:
-    """Top-1 accuracy of InfoNCE: how often the positive has the highest similarity.
-
-    Args:
-        query: (N, D); candidates: (M, D); target: (N,) index of each query's positive.
-
-    Returns:
-        0-d float tensor in [0, 1] (cosine similarities; no gradient).
-    """
-    with torch.no_grad():
-        sim = F.normalize(query.float(), dim=1) @ F.normalize(candidates.float(), dim=1).T
-        return (sim.argmax(1) == target).float().mean()
 
 
 class _MoCo(Method):

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from selfsup.heads import ProjectionHead
 from selfsup.losses import nt_xent
-from selfsup.methods.base import Method, MethodConfig, StepResult
+from selfsup.methods.base import Method, MethodConfig, PositiveRetrieval, StepResult
 from selfsup.methods.monitor import collapse_metrics
 from selfsup.train.distributed import gather_with_grad
 
@@ -24,7 +24,7 @@ class SimCLRConfig(MethodConfig):
     proj_layers: int = Field(default=2, ge=1)
 
 
-class SimCLR(Method):
+class SimCLR(PositiveRetrieval, Method):
     name = "simclr"
     family = "contrastive"
     description = (
@@ -59,17 +59,3 @@ class SimCLR(Method):
             zn = torch.nn.functional.normalize(z, dim=1)
             positive_cos = (zn[:n] * zn[n:]).sum(1).mean()
         return loss, {"positive_cosine": positive_cos, **collapse_metrics(z)}
-
-    @torch.no_grad()
-    def pretext_metrics(self, images: Tensor, generator: torch.Generator) -> dict[str, float]:
-        """Positive retrieval: how often a view's nearest projection (among the other views of
-        the batch) is the other view of the same image."""
-        n = len(images)
-        z1 = self.projector(self.encoder(self.views(images, generator, None, 0)))
-        z2 = self.projector(self.encoder(self.views(images, generator, None, 0)))
-        sim = (
-            torch.nn.functional.normalize(z1.float(), dim=1)
-            @ torch.nn.functional.normalize(z2.float(), dim=1).T
-        )
-        top1 = (sim.argmax(1) == torch.arange(n, device=sim.device)).float().mean()
-        return {"positive_retrieval_top1": float(top1)}

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from selfsup.heads import ProjectionHead
 from selfsup.losses import negative_cosine
-from selfsup.methods.base import Method, MethodConfig, StepResult
+from selfsup.methods.base import Method, MethodConfig, PositiveRetrieval, StepResult
 from selfsup.methods.monitor import collapse_metrics
 
 
@@ -26,7 +26,7 @@ class SimSiamConfig(MethodConfig):
     pred_hidden_dim: int = Field(default=512, gt=0)
 
 
-class SimSiam(Method):
+class SimSiam(PositiveRetrieval, Method):
     name = "simsiam"
     family = "self-distillation"
     description = (

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from selfsup.heads import ProjectionHead
 from selfsup.losses import vicreg_terms
-from selfsup.methods.base import Method, MethodConfig, StepResult
+from selfsup.methods.base import Method, MethodConfig, PositiveRetrieval, StepResult
 from selfsup.methods.monitor import collapse_metrics
 from selfsup.train.distributed import gather_with_grad
 
@@ -30,7 +30,7 @@ class VICRegConfig(MethodConfig):
     eps: float = Field(default=1e-4, gt=0)
 
 
-class VICReg(Method):
+class VICReg(PositiveRetrieval, Method):
     name = "vicreg"
     family = "redundancy reduction"
     description = (

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,32 @@ def match_channels(images: Tensor, channels: int) -> Tensor:
     raise ValueError(f"cannot map {c}-channel images to a {channels}-channel encoder")
 
 
+def encoder_inputs(
+    build: Callable[
+        [tuple[float, ...], tuple[float, ...]], Callable[[Tensor, torch.Generator], Tensor]
+    ],
+    *,
+    normalize: str,
+    in_channels: int,
+    input_space: str = "rgb",
+) -> Callable[[Tensor, torch.Generator], Tensor]:
+    """How uint8 images (N, C, H, W) become an encoder's input, by its ``input_space`` (module
+    docstring): ``build(mean, std)`` makes the view pipeline (e.g. ``eval``, or a training
+    crop + flip); RGB inputs are channel-matched and normalised with ``normalize``, Lab inputs
+    converted after an unnormalised pipeline. Returns ``prepare(images, generator)`` -> float
+    (N, in_channels, S, S)."""
+    if input_space == "rgb":
+        pipeline = build(*normalization(normalize, in_channels))
+        return lambda x, g: pipeline(match_channels(x, in_channels), g)
+    if input_channels(input_space) != in_channels:
+        raise ValueError(
+            f"input space {input_space!r} gives {input_channels(input_space)} channels, "
+            f"the encoder takes {in_channels}"
+        )
+    pipeline = build(*NORMALIZATION["none"])
+    return lambda x, g: rgb_to_input(pipeline(x, g), input_space)
+
+
 @torch.no_grad()
 def extract_features(
     encoder: Backbone,
@@ -57,27 +84,19 @@ def extract_features(
     applies to ``rgb`` only.
     """
     device = torch.device(device)
-    if input_space == "rgb":
-        mean, std = normalization(normalize, in_channels)
-    else:
-        if input_channels(input_space) != in_channels:
-            raise ValueError(
-                f"input space {input_space!r} gives {input_channels(input_space)} channels, "
-                f"the encoder takes {in_channels}"
-            )
-        mean, std = NORMALIZATION["none"]
-    pipeline = build_pipeline("eval", image_size, mean, std)
+    prepare = encoder_inputs(
+        lambda mean, std: build_pipeline("eval", image_size, mean, std),
+        normalize=normalize,
+        in_channels=in_channels,
+        input_space=input_space,
+    )
     generator = torch.Generator(device=device).manual_seed(0)
     dtype = autocast_dtype(device, precision)
     encoder = encoder.to(device).eval()
     out = []
     for start in range(0, len(source), batch_size):
         idx = np.arange(start, min(start + batch_size, len(source)))
-        x = source.as_tensor_chw(idx).to(device, non_blocking=True)
-        if input_space == "rgb":
-            x = pipeline(match_channels(x, in_channels), generator)
-        else:
-            x = rgb_to_input(pipeline(x, generator), input_space)
+        x = prepare(source.as_tensor_chw(idx).to(device, non_blocking=True), generator)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             f = encoder(x)
         out.append(f.float().cpu())

@@ -43,6 +43,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if args.protocol == "pretext":
         return _eval_pretext(args)
+    if args.protocol in ("finetune", "low-label"):
+        return _eval_finetune(args)
 
     data = load_eval_data(
         args.data,
@@ -116,6 +118,61 @@ def _eval_pretext(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_finetune(args: argparse.Namespace) -> int:
+    from selfsup.evaluate import load_encoder, load_eval_data
+    from selfsup.evaluate.finetune import FinetuneConfig, finetune
+    from selfsup.evaluate.low_label import low_label
+
+    data = load_eval_data(
+        args.data,
+        train_split=args.train_split,
+        test_split=args.test_split,
+        test_source=args.test_data,
+        root=args.root,
+        image_size=args.image_size,
+        train_subset=args.train_subset,
+        test_subset=args.test_subset,
+        seed=args.seed,
+    )
+    cfg = FinetuneConfig(
+        epochs=args.ft_epochs,
+        batch_size=args.ft_batch_size,
+        lr=args.ft_lr,
+        freeze_stages=args.freeze_stages,
+        seed=args.seed,
+        device=args.device,
+    )
+    rows = []
+    for spec in args.encoders:
+        if args.protocol == "finetune":
+            result = finetune(load_encoder(spec, seed=args.seed), data.train, data.test, cfg,
+                              num_classes=data.num_classes)  # fmt: skip
+            curve = " ".join(f"{p['test_top1']:.3f}" for p in result["curve"] if "test_top1" in p)
+            frozen = f"{result['freeze_stages']}/{result['num_stages']}"
+            print(f"{spec}: fine-tune top-1 {result['top1']:.4f} (frozen stages {frozen}); "
+                  f"per epoch: {curve}")  # fmt: skip
+            row = {"encoder": spec, "protocol": "finetune", "data": data.key, **result}
+        else:
+            result = low_label(
+                spec, data, fractions=tuple(args.label_fractions), seeds=tuple(args.label_seeds),
+                protocols=tuple(args.low_label_protocols), finetune_cfg=cfg,
+                linear_epochs=args.epochs, device=args.device,
+            )  # fmt: skip
+            for fraction, cell in result["fractions"].items():
+                parts = [f"{p} {cell[p]['mean']:.4f} ± {cell[p]['std']:.4f}"
+                         for p in args.low_label_protocols]  # fmt: skip
+                print(f"{spec}: {fraction} of the labels ({cell['images']} images): "
+                      + ", ".join(parts))  # fmt: skip
+            row = {"protocol": "low_label", "data": data.key, **result}
+        rows.append(row)
+        if not spec.startswith("random:") and Path(spec).is_dir():
+            _append_eval(Path(spec), row)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _append_eval(run_dir: Path, result: dict) -> None:
     with open(run_dir / "eval.jsonl", "a") as f:
         f.write(json.dumps(result) + "\n")
@@ -184,8 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate encoders on labeled data")
     p.add_argument(
         "protocol",
-        choices=["knn", "linear", "all", "pretext"],
-        help="pretext: the method's own task metric on held-out images (run dirs)",
+        choices=["knn", "linear", "all", "pretext", "finetune", "low-label"],
+        help="pretext: the method's own task metric on held-out images (run dirs); finetune: "
+        "the encoder + a new head trained end to end (--freeze-stages for partial); low-label: "
+        "linear / fine-tune / from scratch on class-balanced label fractions over seeds",
     )
     p.add_argument(
         "encoders",
@@ -208,6 +267,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-batch-norm",
         action="store_true",
         help="linear probe without BatchNorm (no affine) before the linear layer",
+    )
+    p.add_argument("--ft-epochs", type=int, default=30, help="fine-tuning epochs")
+    p.add_argument("--ft-lr", type=float, default=0.05, help="fine-tuning peak lr (batch 256)")
+    p.add_argument("--ft-batch-size", type=int, default=256)
+    p.add_argument(
+        "--freeze-stages", type=int, default=0, help="freeze the first k encoder stages/blocks"
+    )
+    p.add_argument("--label-fractions", type=float, nargs="+", default=[0.01, 0.1])
+    p.add_argument("--label-seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument(
+        "--low-label-protocols",
+        nargs="+",
+        default=["linear", "finetune", "scratch"],
+        choices=["linear", "finetune", "scratch"],
     )
     p.add_argument(
         "--head",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -111,3 +113,25 @@ def test_low_label_uses_balanced_subsets_per_seed_and_reports_mean_and_spread(ti
     runs = cell["linear"]["runs"]
     assert cell["linear"]["mean"] == pytest.approx(sum(runs) / 2)
     assert cell["linear"]["std"] == pytest.approx(abs(runs[0] - runs[1]) / 2**0.5)
+
+
+def test_cli_finetune_partial_and_low_label(tiny_npz, tmp_path, capsys):
+    from selfsup.cli import main
+
+    out = tmp_path / "ft.json"
+    common = ["--data", str(tiny_npz), "--ft-epochs", "2", "--ft-batch-size", "16"]
+    assert main(["eval", "finetune", "random:resnet_tiny", *common, "--freeze-stages", "1",
+                 "--json", str(out)]) == 0  # fmt: skip
+    (row,) = json.loads(out.read_text())
+    assert row["freeze_stages"] == 1 and len(row["curve"]) == 2
+    assert "fine-tune top-1" in capsys.readouterr().out
+    out = tmp_path / "ll.json"
+    assert main(["eval", "low-label", "random:resnet_tiny", *common, "--label-fractions", "0.25",
+                 "--label-seeds", "0", "1", "--epochs", "3", "--json", str(out)]) == 0  # fmt: skip
+    (row,) = json.loads(out.read_text())
+    cell = row["fractions"]["0.25"]
+    assert cell["images"] == 16
+    assert {"linear", "finetune", "scratch"} <= set(cell)
+    assert all(len(cell[p]["runs"]) == 2 for p in ("linear", "finetune", "scratch"))
+    assert main(["eval", "finetune", "random:resnet_tiny", *common, "--freeze-stages", "9"]) != 0
+    assert "stages" in capsys.readouterr().err

@@ -74,7 +74,8 @@ def low_label(
                 r = finetune(loaded, subset, data.test, run_cfg, num_classes=data.num_classes)
                 scores["finetune"].append(r["top1"])
             if "scratch" in protocols:
-                scratch = load_encoder(f"random:{spec}", seed=seed)
+                scratch_spec = spec if spec.startswith("random:") else f"random:{spec}"
+                scratch = load_encoder(scratch_spec, seed=seed)
                 r = finetune(scratch, subset, data.test, run_cfg, num_classes=data.num_classes)
                 scores["scratch"].append(r["top1"])
         out["fractions"][f"{fraction:g}"] = {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -23,7 +25,8 @@ def linear_probe(
     num_classes: int | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
-) -> dict[str, float]:
+    return_head: bool = False,
+) -> dict[str, Any]:
     """Train ``LinearClassifier`` on (N, D) features with SGD + cosine LR; report top-1.
 
     ``batch_norm=True`` puts BatchNorm without affine parameters before the linear layer (the
@@ -31,7 +34,8 @@ def linear_probe(
     features while being insensitive to their scale.
 
     Returns:
-        ``{"linear_top1": test accuracy, "linear_train_top1": train accuracy}``.
+        ``{"linear_top1": test accuracy, "linear_train_top1": train accuracy}``, plus
+        ``"head"`` (the trained classifier, eval mode) with ``return_head``.
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -58,7 +62,10 @@ def linear_probe(
     with torch.no_grad():
         train_acc = _accuracy(head, xtr, ytr)
         test_acc = _accuracy(head, test_features.float().to(device), test_labels.long().to(device))
-    return {"linear_top1": test_acc, "linear_train_top1": train_acc}
+    result: dict[str, Any] = {"linear_top1": test_acc, "linear_train_top1": train_acc}
+    if return_head:
+        result["head"] = head
+    return result
 
 
 def _accuracy(head: torch.nn.Module, x: Tensor, y: Tensor, chunk: int = 4096) -> float:

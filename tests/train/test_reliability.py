@@ -160,6 +160,8 @@ def test_non_finite_step_can_be_skipped_and_counted(tiny_npz, tmp_path, monkeypa
     assert result.steps == 12
     summary = json.loads((run / "summary.json").read_text())
     assert summary["skipped_steps"] == 1
+    # peak memory of the process (a CPU run: resident set only) is recorded with the cost
+    assert summary["peak_rss_mib"] > 50 and "peak_gpu_mib" not in summary
     events = [r for r in read_metrics(run) if r.get("event") == "skipped_step"]
     assert [e["step"] for e in events] == [3]
     weights = load_file(str(run / "encoder.safetensors"))

@@ -450,11 +450,24 @@ class Trainer:
                 "method": cfg.method,
                 "backbone": cfg.backbone.name,
                 "images": len(source),
+                **peak_memory(device),
             }
             write_json(self.run_dir / "summary.json", summary)
             logger.log({"event": "end", **summary}, step)
         logger.close()
         return TrainResult(self.run_dir, step, last_loss, rate, seconds, encoder_path)
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """Peak memory of this process so far, in MiB: ``peak_gpu_mib`` (the CUDA allocator's
+    maximum) on a GPU, and ``peak_rss_mib`` (the process's maximum resident set, which includes
+    the data held in memory) everywhere."""
+    import resource
+
+    out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        out["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
 
 
 class _KnnMonitor:

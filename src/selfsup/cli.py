@@ -39,24 +39,16 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from selfsup.evaluate import evaluate_encoder, load_eval_data
+    from selfsup.evaluate import evaluate_encoder
 
     if args.protocol == "pretext":
         return _eval_pretext(args)
     if args.protocol in ("finetune", "low-label"):
         return _eval_finetune(args)
+    if args.protocol == "all":
+        return _eval_all(args)
 
-    data = load_eval_data(
-        args.data,
-        train_split=args.train_split,
-        test_split=args.test_split,
-        test_source=args.test_data,
-        root=args.root,
-        image_size=args.image_size,
-        train_subset=args.train_subset,
-        test_subset=args.test_subset,
-        seed=args.seed,
-    )
+    data = _eval_data(args)
     protocols = ("knn", "linear") if args.protocol == "all" else (args.protocol,)
     rows = []
     for spec in args.encoders:
@@ -118,12 +110,10 @@ def _eval_pretext(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_finetune(args: argparse.Namespace) -> int:
-    from selfsup.evaluate import load_encoder, load_eval_data
-    from selfsup.evaluate.finetune import FinetuneConfig, finetune
-    from selfsup.evaluate.low_label import low_label
+def _eval_data(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from selfsup.evaluate import load_eval_data
 
-    data = load_eval_data(
+    return load_eval_data(
         args.data,
         train_split=args.train_split,
         test_split=args.test_split,
@@ -134,6 +124,75 @@ def _eval_finetune(args: argparse.Namespace) -> int:
         test_subset=args.test_subset,
         seed=args.seed,
     )
+
+
+def _eval_all(args: argparse.Namespace) -> int:
+    from selfsup.data import load_source
+    from selfsup.evaluate.finetune import FinetuneConfig
+    from selfsup.evaluate.suite import AXES, DEFAULT_AXES, SuiteOptions, evaluate_all, write_result
+
+    axes = tuple(AXES) if args.axes == ["every"] else tuple(args.axes or DEFAULT_AXES)
+    data = _eval_data(args)
+    size = int(data.test.images.shape[1])
+    extra_ood = {
+        spec: load_source(spec, split=args.test_split, root=args.root, image_size=size)
+        for spec in args.ood_data or []
+    }
+    opts = SuiteOptions(
+        knn_k=tuple(args.k),
+        knn_temperature=args.temperature,
+        linear_epochs=args.epochs,
+        finetune=FinetuneConfig(epochs=args.ft_epochs, batch_size=args.ft_batch_size,
+                                lr=args.ft_lr, seed=args.seed, device=args.device),  # fmt: skip
+        partial_freeze=args.freeze_stages or None,
+        label_fractions=tuple(args.label_fractions),
+        label_seeds=tuple(args.label_seeds),
+        device=args.device,
+        seed=args.seed,
+    )
+    specs = list(args.encoders)
+    for baseline in args.baselines or []:
+        if baseline == "random":
+            specs.append(f"random:{args.encoders[0]}")
+        else:
+            specs.append(baseline)
+    rows = []
+    for spec in specs:
+        row = evaluate_all(spec, data, axes=axes, options=opts, extra_ood=extra_ood)
+        rows.append(row)
+        if args.out:
+            print(f"wrote {write_result(row, Path(args.out))}")
+        if not spec.startswith("random:") and Path(spec).is_dir():
+            _append_eval(Path(spec), row)
+    _print_rows(rows)
+    for row in rows:
+        parts = []
+        if "clustering" in row:
+            c = row["clustering"]
+            parts.append(f"NMI {c['nmi']:.3f} ARI {c['ari']:.3f} acc {c['cluster_accuracy']:.3f}")
+        if "ood" in row:
+            parts.append("OOD AUROC " + " ".join(
+                f"{k}={v['auroc']:.3f}" for k, v in row["ood"].items()))  # fmt: skip
+        for axis in ("finetune", "partial"):
+            if axis in row:
+                parts.append(f"{axis} {row[axis]['top1']:.3f}")
+        if "robustness" in row:
+            r = row["robustness"]["linear"]
+            parts.append(f"mCA {r['mean_corruption_accuracy']:.3f} (clean {r['clean']:.3f})")
+        if parts:
+            print(f"{row['label'][:40]}: " + "; ".join(parts))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _eval_finetune(args: argparse.Namespace) -> int:
+    from selfsup.evaluate import load_encoder
+    from selfsup.evaluate.finetune import FinetuneConfig, finetune
+    from selfsup.evaluate.low_label import low_label
+
+    data = _eval_data(args)
     cfg = FinetuneConfig(
         epochs=args.ft_epochs,
         batch_size=args.ft_batch_size,
@@ -267,6 +326,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-batch-norm",
         action="store_true",
         help="linear probe without BatchNorm (no affine) before the linear layer",
+    )
+    p.add_argument(
+        "--axes",
+        nargs="+",
+        help="eval all: the axes to run (default: knn linear clustering ood pretext cost; "
+        "also finetune partial low_label robustness, or 'every')",
+    )
+    p.add_argument("--out", help="eval all: write one JSON per encoder into this directory")
+    p.add_argument(
+        "--baselines",
+        nargs="+",
+        help="eval all: baselines evaluated beside: 'random' (random init of the first "
+        "encoder's architecture) or any encoder spec (e.g. a supervised run)",
+    )
+    p.add_argument(
+        "--ood-data", nargs="+", help="eval all: datasets to detect as out-of-distribution"
     )
     p.add_argument("--ft-epochs", type=int, default=30, help="fine-tuning epochs")
     p.add_argument("--ft-lr", type=float, default=0.05, help="fine-tuning peak lr (batch 256)")

@@ -1,0 +1,64 @@
+"""``selfsup eval all``: every axis for a tiny checkpoint, one JSON per encoder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from selfsup.cli import main
+from selfsup.config import load_config
+from selfsup.evaluate.protocols import load_eval_data
+from selfsup.evaluate.suite import AXES, evaluate_all
+from selfsup.train import Trainer
+
+
+@pytest.fixture
+def simclr_run(tiny_npz, tmp_path):
+    run = tmp_path / "simclr"
+    cfg = load_config("simclr", None, [
+        f"data.source={tiny_npz}", "eval_data.source=null", f"out_dir={run}",
+        "backbone.name=resnet_tiny", "backbone.width=null", "train.batch_size=16",
+        "train.epochs=1", "train.precision=fp32", "train.progress=false",
+        "train.tensorboard=false", "train.num_threads=1", "train.knn_monitor.every_epochs=0",
+        "method_args.proj_hidden_dim=24", "method_args.proj_out_dim=12",
+    ])  # fmt: skip
+    Trainer(cfg).fit()
+    return run
+
+
+def test_unknown_axis_is_a_clear_error(tiny_npz):
+    with pytest.raises(ValueError, match="unknown evaluation axes"):
+        evaluate_all("random:resnet_tiny", load_eval_data(str(tiny_npz)), axes=("knn", "vibes"))
+
+
+@pytest.mark.slow
+def test_eval_all_every_axis_on_a_tiny_run_plus_random_baseline(simclr_run, tiny_npz, tmp_path,
+                                                                capsys):  # fmt: skip
+    out = tmp_path / "eval"
+    argv = [
+        "eval", "all", str(simclr_run), "--data", str(tiny_npz), "--axes", "every",
+        "--baselines", "random", "--out", str(out), "--k", "5", "--epochs", "3",
+        "--ft-epochs", "1", "--ft-batch-size", "16", "--label-fractions", "0.25",
+        "--label-seeds", "0", "--ood-data", str(tiny_npz),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    files = sorted(p.name for p in out.glob("*.json"))
+    assert files == ["random_simclr.json", "simclr.json"]
+    row = json.loads((out / "simclr.json").read_text())
+    assert set(row["axes"]) == set(AXES) and set(row["seconds"]) == set(AXES)
+    assert 0 <= row["knn@5"] <= 1 and 0 <= row["linear_top1"] <= 1
+    assert {"nmi", "ari", "cluster_accuracy"} <= set(row["clustering"])
+    assert {"uniform_noise", "blobs", "constant", "corrupted", str(tiny_npz)} <= set(row["ood"])
+    # the in-distribution data named as OOD is indistinguishable: AUROC near 0.5
+    assert 0.3 < row["ood"][str(tiny_npz)]["auroc"] < 0.7
+    assert 0 <= row["pretext"]["positive_retrieval_top1"] <= 1
+    assert row["cost"]["parameters"] > 0 and row["cost"]["forward_flops_per_image"] > 0
+    assert row["cost"]["train_images_per_second"] > 0 and row["cost"]["train_peak_rss_mib"] > 0
+    assert len(row["finetune"]["curve"]) == 1 and row["partial"]["freeze_stages"] > 0
+    assert row["low_label"]["fractions"]["0.25"]["images"] == 16
+    assert {"linear", "finetuned"} <= set(row["robustness"])
+    baseline = json.loads((out / "random_simclr.json").read_text())
+    assert baseline["method"] == "random" and "pretext" not in baseline
+    printed = capsys.readouterr().out
+    assert "NMI" in printed and "mCA" in printed

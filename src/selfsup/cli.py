@@ -132,6 +132,8 @@ def _eval_all(args: argparse.Namespace) -> int:
     from selfsup.evaluate.suite import AXES, DEFAULT_AXES, SuiteOptions, evaluate_all, write_result
 
     axes = tuple(AXES) if args.axes == ["every"] else tuple(args.axes or DEFAULT_AXES)
+    if "pictures" in axes and not args.out:
+        raise ValueError("the pictures axis writes PNG files: give --out DIR")
     data = _eval_data(args)
     size = int(data.test.images.shape[1])
     extra_ood = {
@@ -147,6 +149,7 @@ def _eval_all(args: argparse.Namespace) -> int:
         partial_freeze=args.freeze_stages or None,
         label_fractions=tuple(args.label_fractions),
         label_seeds=tuple(args.label_seeds),
+        pictures_dir=Path(args.out) / "pictures" if args.out else None,
         device=args.device,
         seed=args.seed,
     )

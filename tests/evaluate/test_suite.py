@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -45,6 +46,7 @@ def test_eval_all_every_axis_on_a_tiny_run_plus_random_baseline(simclr_run, tiny
     assert main(argv) == 0
     files = sorted(p.name for p in out.glob("*.json"))
     assert files == ["random_simclr.json", "simclr.json"]
+    assert (out / "pictures" / "simclr" / "tsne.png").exists()
     row = json.loads((out / "simclr.json").read_text())
     assert set(row["axes"]) == set(AXES) and set(row["seconds"]) == set(AXES)
     assert 0 <= row["knn@5"] <= 1 and 0 <= row["linear_top1"] <= 1
@@ -58,7 +60,15 @@ def test_eval_all_every_axis_on_a_tiny_run_plus_random_baseline(simclr_run, tiny
     assert len(row["finetune"]["curve"]) == 1 and row["partial"]["freeze_stages"] > 0
     assert row["low_label"]["fractions"]["0.25"]["images"] == 16
     assert {"linear", "finetuned"} <= set(row["robustness"])
+    assert {"tsne", "retrieval", "confusion"} <= set(row["pictures"])
+    assert all(Path(p).stat().st_size > 1000 for p in row["pictures"].values())
     baseline = json.loads((out / "random_simclr.json").read_text())
     assert baseline["method"] == "random" and "pretext" not in baseline
     printed = capsys.readouterr().out
     assert "NMI" in printed and "mCA" in printed
+
+
+def test_pictures_axis_needs_an_output_directory(tiny_npz, capsys):
+    argv = ["eval", "all", "random:resnet_tiny", "--data", str(tiny_npz), "--axes", "pictures"]
+    assert main(argv) != 0
+    assert "--out" in capsys.readouterr().err

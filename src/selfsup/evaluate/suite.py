@@ -12,6 +12,9 @@ Axes (``AXES``; ``DEFAULT_AXES`` are the cheap ones, the rest train a network pe
 - ``finetune``: the whole encoder + a new head (per-epoch test curve);
 - ``partial``: the same with the first ``partial_freeze`` stages frozen (default: half);
 - ``low_label``: 1% / 10% of the labels over seeds: linear, fine-tune, from scratch;
+- ``pictures`` (needs ``pictures_dir``): t-SNE (and UMAP when installed) of the test features
+  coloured by class, a nearest-neighbour retrieval grid, and the linear probe's confusion
+  matrix, as PNGs (see :mod:`selfsup.evaluate.pictures`);
 - ``robustness``: corruption accuracy of the linear probe (and of the fine-tuned model when
   ``finetune`` ran) on ``robustness_test_images`` test images.
 """
@@ -37,8 +40,8 @@ from selfsup.evaluate.linear import linear_probe
 from selfsup.evaluate.ood import generated_ood_images, ood_metrics
 from selfsup.evaluate.protocols import EvalData, features_for
 
-AXES = ("knn", "linear", "clustering", "ood", "pretext", "cost", "finetune", "partial",
-        "low_label", "robustness")  # fmt: skip
+AXES = ("knn", "linear", "clustering", "ood", "pretext", "cost", "pictures", "finetune",
+        "partial", "low_label", "robustness")  # fmt: skip
 DEFAULT_AXES = ("knn", "linear", "clustering", "ood", "pretext", "cost")
 GENERATED_OOD = ("uniform_noise", "gaussian_noise", "blobs", "constant", "corrupted")
 """Generated OOD sets; ``corrupted`` is the test set under impulse noise at severity 5."""
@@ -62,6 +65,8 @@ class SuiteOptions:
     ood_images: int = 2000
     ood_k: int = 50
     pretext_images: int = 2000
+    pictures_dir: Path | None = None
+    picture_points: int = 2000
     device: str = "cpu"
     seed: int = 0
 
@@ -122,6 +127,44 @@ def cost_of(loaded: LoadedEncoder) -> dict[str, Any]:
     return out
 
 
+def _pictures(loaded, data, ftr, ytr, fte, yte, opts: SuiteOptions) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Write the pictures of one encoder into ``opts.pictures_dir/<encoder name>/``."""
+    import importlib.util
+
+    from selfsup.evaluate import pictures as pics
+
+    out = Path(opts.pictures_dir) / _safe_name(loaded)  # type: ignore[arg-type]
+    names = data.test.classes
+    written: dict[str, str] = {}
+    methods = ["tsne"] + (["umap"] if importlib.util.find_spec("umap") else [])
+    for method in methods:
+        title = f"{method.upper()}: {loaded.label}"
+        written[method] = str(pics.scatter_plot(
+            fte, yte, out / f"{method}.png", method=method, class_names=names,
+            max_points=opts.picture_points, seed=opts.seed, title=title))  # fmt: skip
+    q = np.sort(np.random.default_rng(opts.seed).permutation(len(fte))[:8])
+    # the bank images actually needed: the queries' neighbours
+    bank_idx = np.unique(pics.nearest_neighbours(fte[q], ftr, 8).numpy())
+    written["retrieval"] = str(pics.retrieval_grid(
+        data.test.as_tensor_chw(q), fte[q], data.train.as_tensor_chw(bank_idx), ftr[bank_idx],
+        out / "retrieval.png", k=8, query_labels=yte[q], bank_labels=ytr[bank_idx]))  # fmt: skip
+    probe = linear_probe(ftr, ytr, fte, yte, epochs=opts.linear_epochs,
+                         num_classes=data.num_classes, seed=opts.seed, device=opts.device,
+                         return_head=True)  # fmt: skip
+    with torch.no_grad():
+        pred = probe["head"].cpu()(fte).argmax(1)
+    matrix = pics.confusion_matrix(pred, yte, data.num_classes)
+    written["confusion"] = str(pics.confusion_plot(matrix, out / "confusion.png",
+                                                   class_names=names))  # fmt: skip
+    return written
+
+
+def _safe_name(loaded: LoadedEncoder) -> str:
+    run = loaded.run_dir.name if loaded.run_dir else loaded.label
+    name = ("random_" if loaded.meta.get("method") == "random" else "") + run
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
 def evaluate_all(
     spec: str,
     data: EvalData,
@@ -171,6 +214,7 @@ def evaluate_all(
         result["clustering"] = timed("clustering", lambda: clustering_metrics(
             fte, yte, k=data.num_classes, seed=opts.seed))  # fmt: skip
     if "ood" in axes:
+
         def ood() -> dict[str, Any]:
             sets = {**_ood_sources(data, opts), **(extra_ood or {})}
             out = {}
@@ -193,6 +237,11 @@ def evaluate_all(
         result["pretext"] = timed("pretext", pretext)
     if "cost" in axes:
         result["cost"] = timed("cost", lambda: cost_of(loaded))
+    if "pictures" in axes:
+        if opts.pictures_dir is None:
+            raise ValueError("the pictures axis needs a directory to write to (pictures_dir)")
+        result["pictures"] = timed("pictures", lambda: _pictures(
+            loaded, data, ftr, ytr, fte, yte, opts))  # fmt: skip
     finetuned = None
     if "finetune" in axes:
         ft = timed("finetune", lambda: finetune(

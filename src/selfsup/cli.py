@@ -389,6 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=3.0, help="approximate training budget")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_quickstart)
+
+    from selfsup.report.cli import add_arguments as add_report_arguments
+    from selfsup.report.cli import run as run_report
+
+    p = sub.add_parser("report", help="static HTML + Markdown report comparing runs side by side")
+    add_report_arguments(p).set_defaults(func=run_report)
     return parser
 
 

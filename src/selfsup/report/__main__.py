@@ -1,0 +1,5 @@
+"""``python -m selfsup.report``."""
+
+from selfsup.report.cli import main
+
+raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""``selfsup`` command line: train, eval, methods, export, quickstart, config.
+"""``selfsup`` command line: train, eval, sweep, methods, export, quickstart, config.
 
 Run ``selfsup COMMAND --help`` for each command's options.
 """
@@ -249,6 +249,39 @@ def _print_rows(rows: list[dict]) -> None:
         print(f"{r['label'][:40]:<40} " + " ".join(f"{r[k]:>12.4f}" for k in metric_keys))
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from selfsup.sweep import check_protocols, parse_grid, plan_sweep, run_sweep, sweep_table
+
+    specs, overrides = list(args.grid), list(args.overrides)
+    if any("," in spec for spec in specs):
+        # `--grid a=1,2 train.epochs=3`: a single value after the grid is a plain override
+        overrides += [spec for spec in specs if "," not in spec]
+        specs = [spec for spec in specs if "," in spec]
+    grid = parse_grid(specs)
+    out = Path(args.out or f"runs/sweep_{args.method}")
+    check_protocols(args.protocols, args.metric)  # errors before the data loads
+    plan_sweep(args.method, args.config, grid, out, overrides)
+    rows = run_sweep(
+        args.method,
+        args.config,
+        grid,
+        out,
+        overrides,
+        data=_eval_data(args),
+        protocols=tuple(args.protocols),
+        linear_epochs=args.linear_epochs,
+        metric=args.metric,
+    )
+    print()
+    print(sweep_table(rows, grid, args.metric), end="")
+    print()
+    for name in ("sweep.json", "sweep.md", "sweep.png"):
+        if (out / name).exists():
+            print(f"wrote {out / name}")
+    print(f"runs in {out}/<cell>")
+    return 0
+
+
 def _cmd_methods(args: argparse.Namespace) -> int:
     from selfsup.methods import list_methods
 
@@ -369,6 +402,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the results as JSON here")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser(
+        "sweep",
+        help="train and evaluate one run per cell of a grid of config values",
+        description="Train one run per cell of the grid (the Cartesian product of the --grid "
+        "values) into OUT/<cell>, evaluate each encoder, and write OUT/sweep.json (after every "
+        "cell), OUT/sweep.md and OUT/sweep.png. Rerunning the command continues a killed sweep: "
+        "finished cells are skipped, an interrupted run resumes from its last checkpoint.",
+    )
+    p.add_argument("method", help="method name (see `selfsup methods`)")
+    p.add_argument("--config", help="recipe name or YAML file (default: <method>_default)")
+    p.add_argument(
+        "--grid",
+        nargs="+",
+        required=True,
+        metavar="KEY=V1,V2",
+        help="config key and the values to try, e.g. method_args.temperature=0.1,0.5; several "
+        "keys make a grid (a KEY=VALUE without a comma among them is a plain override)",
+    )
+    p.add_argument("--out", help="sweep directory (default: runs/sweep_<method>)")
+    p.add_argument(
+        "--protocols", nargs="+", default=["knn"], choices=["knn", "linear"],
+        help="evaluation protocols (default: knn)",
+    )  # fmt: skip
+    p.add_argument(
+        "--metric", default="knn@200", choices=["knn@200", "knn@20", "linear_top1"],
+        help="the metric to rank cells by and plot (default: knn@200)",
+    )  # fmt: skip
+    p.add_argument("--linear-epochs", type=int, default=100, help="linear probe epochs")
+    p.add_argument("--data", default="cifar10", help="labeled dataset (name, .npz or folder)")
+    p.add_argument("--test-data", help="test split source when it is another file/folder")
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--test-split", default="test")
+    p.add_argument("--root", help="data root for named datasets (default $SELFSUP_DATA)")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--train-subset", type=int)
+    p.add_argument("--test-subset", type=int)
+    p.add_argument("--seed", type=int, default=0, help="seed of the evaluation subsets")
+    p.add_argument("overrides", nargs="*", help="key=value overrides for every cell")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("methods", help="list the available methods")
     p.set_defaults(func=_cmd_methods)

@@ -6,7 +6,8 @@ embedding family at 3 epochs (60k images seen), beside a random-init encoder and
 encoder trained on the same budget. Each cell is evaluated by ``evaluate.suite.evaluate_all``:
 kNN (k=200 and 20, t=0.1) and a linear probe on all 50k train / 10k test images, the method's
 pretext metric on the first 2000 test images, mean corruption accuracy of the linear probe on
-12 corruptions x 5 severities of 2000 test images, parameters and FLOPs.
+12 corruptions x 5 severities of 2000 test images, parameters and FLOPs, and the pictures
+(t-SNE, retrieval grid, confusion matrix).
 
 Resumable: a cell whose run finished and whose row is in the results file is skipped; a run that
 was killed resumes from its last checkpoint. ``--reuse DIR`` adopts finished runs from another
@@ -162,8 +163,9 @@ def main() -> None:
     threads = [f"train.num_threads={args.threads}"] if args.threads else []
     data = load_eval_data(args.data)
     opts = SuiteOptions(linear_epochs=args.linear_epochs, pretext_images=args.pretext_images,
-                        robustness_test_images=args.robustness_images)  # fmt: skip
-    axes = ("knn", "linear", "pretext", "robustness", "cost")
+                        robustness_test_images=args.robustness_images,
+                        pictures_dir=out / "eval" / "pictures")  # fmt: skip
+    axes = ("knn", "linear", "pretext", "robustness", "cost", "pictures")
     budget = {
         "protocol": "BENCHMARKS.md#the-cpu-budget-protocol",
         "recipes": "<method>_cifar10_cpu (supervised: supervised_cifar10_cpu)",

@@ -530,7 +530,7 @@ def metric_rows(columns: Sequence[Column]) -> list[Row]:
         fmt_text,
         None,
     )
-    add("Run", "eval data", [r.get("data") for r in results], fmt_text, None)
+    add("Run", "eval data", [_data_label(r.get("data")) for r in results], fmt_text, None)
     add("Run", "feature dim", [r.get("feature_dim") for r in results], fmt_int, None)
 
     knn = sorted(
@@ -658,6 +658,21 @@ def metric_rows(columns: Sequence[Column]) -> list[Row]:
     if any(warnings):
         add("Training", "collapse warnings", warnings, fmt_int, "min")
     return rows
+
+
+def _data_label(key: Any) -> Any:
+    """``cifar10:train:None|cifar10:test:2000`` -> ``cifar10 train / cifar10 test (2000)``."""
+    if not isinstance(key, str) or "|" not in key:
+        return key
+    parts = []
+    for side in key.split("|")[:2]:
+        bits = side.split(":")
+        if len(bits) >= 3 and bits[-1] in ("None", ""):
+            bits = bits[:-1]
+        elif len(bits) >= 3:
+            bits = [*bits[:-1], f"({bits[-1]})"]
+        parts.append(" ".join(bits))
+    return " / ".join(parts)
 
 
 def _config_value(col: Column, key: str) -> str | None:

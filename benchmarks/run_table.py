@@ -235,9 +235,9 @@ def _write_table(rows: dict[str, dict[str, Any]], path: Path) -> None:
     """One Markdown row per cell (registry order, random last): the issue's columns."""
     order = [name for name, *_ in cells()] + ["random"]
     lines = [
-        "| method | pretext metric | kNN@200 | kNN@20 | linear | mCA (linear) | train min "
-        "| images/s | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | pretext metric | kNN@200 | kNN@20 | linear | mCA (linear) | images seen "
+        "| train min | images/s | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     best = {k: max((r[k] for r in rows.values() if r.get(k) is not None), default=None)
             for k in ("knn@200", "knn@20", "linear_top1", "mean_corruption_top1")}  # fmt: skip
@@ -255,6 +255,7 @@ def _write_table(rows: dict[str, dict[str, Any]], path: Path) -> None:
         lines.append(
             f"| {name} | {pretext} | {cell('knn@200')} | {cell('knn@20')} "
             f"| {cell('linear_top1')} | {cell('mean_corruption_top1')} "
+            f"| {_fmt(r.get('images_seen'), ',')} "
             f"| {_fmt(r.get('train_minutes'), '.1f')} "
             f"| {_fmt(r.get('train_images_per_second'), '.0f')} "
             f"| {_fmt(r.get('peak_rss_mib'), ',.0f')} |"

@@ -13,11 +13,12 @@ Parts (``--parts``, default all):
   included as the reference), built from its ``<method>_cifar10_cpu`` recipe with
   ``train.batch_size=--batch-size`` (``--width`` overrides the ResNet width; split-brain gets
   half of it per branch, as its recipe does; ViT recipes keep their size), one full training
-  step as the Trainer runs it, minus logging and checkpointing: LR schedule, ``method(uint8
-  images, labels, generator, B, 0)`` (augmentation inside), backward, gradient-norm clipping
-  (the Trainer always computes the norm), the finiteness check, ``before_optimizer_step``, the
-  optimizer step (the recipe's optimizer, built by ``build_optimizer``) and ``on_after_step``
-  (EMA teachers/key encoders, MoCo's queue, DINO's centre). Steps are numbered from the middle
+  step as the Trainer runs it, minus logging and checkpointing: the LR schedule, then the
+  Trainer's own ``TrainStep`` (``method(uint8 images, labels, generator, B, 0)`` with the
+  augmentation inside, backward, gradient-norm clipping (the norm is always computed), the
+  finiteness check, ``before_optimizer_step``, the optimizer step (the recipe's optimizer, built
+  by ``build_optimizer``) and ``on_after_step``: EMA teachers/key encoders, MoCo's queue, DINO's
+  centre). Steps are numbered from the middle
   of the recipe's run (past LR warm-up and DINO's frozen-last-layer epoch). The method's
   ``bare`` baseline: a copy of that method's own encoder (same architecture, width, input
   channels) doing forward + backward of ``features.sum()`` + an SGD step on pre-made float
@@ -155,6 +156,7 @@ class MethodBench:
     warmup_steps: int
     start_step: int
     lr_peak: float
+    train_step: Any
     encoder_calls: list[tuple[int, ...]] = field(default_factory=list)
     bare_encoder: nn.Module | None = None
     bare_optimizer: torch.optim.Optimizer | None = None
@@ -162,37 +164,27 @@ class MethodBench:
     nonfinite_steps: int = 0
     steps_run: int = 0
 
-    def __post_init__(self) -> None:
-        self.params = [p for p in self.method.parameters() if p.requires_grad]  # as the Trainer
-
     def autocast(self) -> torch.autocast:
         return torch.autocast(
             self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
         )
 
     def step(self, i: int) -> None:
-        """One Trainer training step (selfsup.train.trainer.Trainer.fit's ``train_step``)."""
+        """One Trainer training step: the LR schedule, then ``selfsup.train.trainer.TrainStep``
+        (the code ``Trainer.fit`` runs)."""
         from selfsup.train.optim import lr_at, set_lr
-        from selfsup.train.trainer import step_seed
 
-        m, opt, tcfg = self.method, self.optimizer, self.cfg.train
+        tcfg = self.cfg.train
         step = self.start_step + self.steps_run % max(1, self.total_steps - self.start_step)
         self.steps_run += 1
         images, labels = self.batches[i % len(self.batches)]
-        generator = torch.Generator(device=self.device).manual_seed(step_seed(self.cfg.seed, step))
-        set_lr(opt, self.lr_peak, lr_at(step, self.total_steps, self.warmup_steps, tcfg.schedule))
-        with self.autocast():
-            loss, _ = m(images, labels, generator, len(images), 0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.params, tcfg.grad_clip or float("inf"))
-        if not (bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm))):
-            opt.zero_grad(set_to_none=True)
+        set_lr(
+            self.optimizer, self.lr_peak,
+            lr_at(step, self.total_steps, self.warmup_steps, tcfg.schedule),
+        )  # fmt: skip
+        _, _, applied = self.train_step(images, labels, len(images), 0, step)
+        if not applied:
             self.nonfinite_steps += 1
-            return
-        m.before_optimizer_step(step, self.total_steps)
-        opt.step()
-        m.on_after_step(step, self.total_steps)
 
     def bare_step(self, i: int) -> None:
         """Bare encoder: forward + backward of ``features.sum()`` + SGD step, same inputs."""
@@ -272,7 +264,7 @@ def build_bench(
     """The method of ``recipe`` with the benchmark's overrides, as the Trainer builds it."""
     from selfsup.config import load_config
     from selfsup.train.optim import build_optimizer, peak_lr
-    from selfsup.train.trainer import build_method
+    from selfsup.train.trainer import TrainStep, build_method
 
     B = args.batch_size
     cuda = device.type == "cuda"
@@ -299,6 +291,18 @@ def build_bench(
     total_steps = math.ceil(cfg.train.epochs * steps_per_epoch)
     if cfg.train.max_steps is not None:
         total_steps = min(total_steps, cfg.train.max_steps)
+    amp = torch.bfloat16 if cuda else None
+    train_step = TrainStep(  # before on_train_start, as the Trainer builds it
+        method=method,
+        forward=method,
+        optimizer=optimizer,
+        scaler=torch.amp.GradScaler("cuda", enabled=False),
+        amp_dtype=amp,
+        device=device,
+        seed=cfg.seed,
+        grad_clip=cfg.train.grad_clip,
+        total_steps=total_steps,
+    )
     method.on_train_start(steps_per_epoch, total_steps)
     n = len(images) - len(images) % B
     batches = [(images[i : i + B], labels[i : i + B]) for i in range(0, n, B)]
@@ -310,12 +314,13 @@ def build_bench(
         method=method,
         optimizer=optimizer,
         device=device,
-        amp=torch.bfloat16 if cuda else None,
+        amp=amp,
         batches=batches,
         total_steps=total_steps,
         warmup_steps=round(cfg.train.schedule.warmup_epochs * steps_per_epoch),
         start_step=total_steps // 2,
         lr_peak=peak_lr(cfg.train.optimizer, B),
+        train_step=train_step,
     )
     bench.build_bare(memory_format)
     return bench

@@ -1,9 +1,11 @@
 """Shared pieces of the CIFAR-10 CPU-budget benchmarks (``pretext_budget.py``,
-``methods_budget.py``): train-or-reuse a run, and a results file that several processes
+``methods_budget.py``, ``run_table.py``, ``data_vs_compute.py``): their common arguments,
+train-or-reuse a run, and a results file that several processes
 (each running its own ``--only`` rows) can update without losing each other's rows."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 from pathlib import Path
@@ -14,6 +16,18 @@ import torch
 from selfsup.config import load_config
 from selfsup.train import Trainer
 from selfsup.train.checkpoint import latest_checkpoint
+
+
+def add_budget_args(p: argparse.ArgumentParser, name: str, only_help: str) -> None:
+    """The arguments every budget benchmark takes: ``--out`` (runs under
+    ``benchmarks/runs/<name>``), ``--results`` (``benchmarks/results/<name>.json``), ``--only``,
+    ``--threads`` (torch threads per process) and ``--overrides`` (key=value for every run)."""
+    p.add_argument("--out", default=f"benchmarks/runs/{name}")
+    p.add_argument("--results", default=f"benchmarks/results/{name}.json")
+    p.add_argument("--only", nargs="*", help=only_help)
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    p.add_argument("--overrides", nargs="*", default=[],
+                   help="key=value for every run (e.g. a tiny smoke budget)")
 
 
 def train(method: str, recipe: str, out_dir: Path, overrides: list[str]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from budget_common import read_rows, train, train_fields, write_rows
+from budget_common import add_budget_args, read_rows, train, train_fields, write_rows
 
 from selfsup.evaluate.protocols import evaluate_encoder, load_eval_data
 
@@ -39,11 +39,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--method", default="moco_v2")
     p.add_argument("--images-seen", type=int, default=60000, help="the 1x budget")
-    p.add_argument("--out", default="benchmarks/runs/data_vs_compute")
-    p.add_argument("--results", default="benchmarks/results/data_vs_compute.json")
-    p.add_argument("--only", nargs="*", help="cell names (data5k ... data50k, seen2x, seen4x)")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--overrides", nargs="*", default=[], help="key=value for every run")
+    add_budget_args(p, "data_vs_compute", "cell names (data5k ... data50k, seen2x, seen4x)")
     p.add_argument("--data", default="cifar10", help="labeled dataset for kNN")
     p.add_argument("--plot-only", action="store_true")
     args = p.parse_args()

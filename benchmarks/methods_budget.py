@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-from budget_common import read_rows, train, train_fields, write_rows
+from budget_common import add_budget_args, read_rows, train, train_fields, write_rows
 
 from selfsup.data import load_source
 from selfsup.evaluate import evaluate_encoder, load_eval_data
@@ -56,17 +56,12 @@ PRETEXT_KEYS = {"simclr": "positive_retrieval_top1", "moco_v2": "positive_retrie
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="benchmarks/runs/methods_budget")
-    p.add_argument("--results", default="benchmarks/results/methods_budget.json")
-    p.add_argument("--only", nargs="*", help="row labels to run (method names, negatives labels "
-                   "such as simclr_bs64 or moco_v2_q256, '<method>+projector', 'random')")
+    add_budget_args(p, "methods_budget", "row labels to run (method names, negatives labels such "
+                    "as simclr_bs64 or moco_v2_q256, '<method>+projector', 'random')")
     p.add_argument("--linear-epochs", type=int, default=100)
     p.add_argument("--pretext-images", type=int, default=2000)
-    p.add_argument("--threads", type=int, default=None, help="torch threads per process")
     p.add_argument("--epochs", type=int, default=3,
                    help="epochs over the 20k subset for every run but CPC (its recipe's 1)")
-    p.add_argument("--overrides", nargs="*", default=[],
-                   help="key=value for every run (e.g. a tiny smoke budget)")
     p.add_argument("--table", action="store_true", help="only print the tables")
     args = p.parse_args()
     if args.threads:

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 import yaml
-from budget_common import read_rows, train, train_fields, write_rows
+from budget_common import add_budget_args, read_rows, train, train_fields, write_rows
 
 from selfsup.config import dump_config, load_config
 from selfsup.evaluate.protocols import load_eval_data
@@ -126,19 +126,14 @@ def row_of(result: dict[str, Any], name: str, method: str) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="benchmarks/runs/table")
-    p.add_argument("--results", default="benchmarks/results/table.json")
+    add_budget_args(p, "table", "cells to run (method names, 'random')")
     p.add_argument("--markdown", default="benchmarks/results/table.md")
     p.add_argument("--reuse", nargs="*", default=["benchmarks/runs/methods_budget"],
                    help="run directories whose finished runs of the same config are adopted")
-    p.add_argument("--only", nargs="*", help="cells to run (method names, 'random')")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per process")
     p.add_argument("--data", default="cifar10", help="labeled dataset for evaluation")
     p.add_argument("--linear-epochs", type=int, default=100)
     p.add_argument("--robustness-images", type=int, default=2000)
     p.add_argument("--pretext-images", type=int, default=2000)
-    p.add_argument("--overrides", nargs="*", default=[],
-                   help="key=value for every run (e.g. a tiny smoke budget)")
     p.add_argument("--table", action="store_true", help="only print (and write) the table")
     args = p.parse_args()
     if args.threads:

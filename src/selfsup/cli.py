@@ -309,6 +309,18 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    """The labeled-data flags of ``eval`` and ``sweep`` (read by ``_load_eval_data``)."""
+    p.add_argument("--data", default="cifar10", help="labeled dataset (name, .npz or folder)")
+    p.add_argument("--test-data", help="test split source when it is another file/folder")
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--test-split", default="test")
+    p.add_argument("--root", help="data root for named datasets (default $SELFSUP_DATA)")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--train-subset", type=int)
+    p.add_argument("--test-subset", type=int)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="selfsup", description="Self-supervised pretraining and evaluation of image encoders."
@@ -346,14 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         help="run dirs, checkpoint dirs, encoder .safetensors files, or random:SPEC",
     )
-    p.add_argument("--data", default="cifar10", help="labeled dataset (name, .npz or folder)")
-    p.add_argument("--test-data", help="test split source when it is another file/folder")
-    p.add_argument("--train-split", default="train")
-    p.add_argument("--test-split", default="test")
-    p.add_argument("--root", help="data root for named datasets (default $SELFSUP_DATA)")
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--train-subset", type=int)
-    p.add_argument("--test-subset", type=int)
+    _add_data_args(p)
     p.add_argument("--k", type=int, nargs="+", default=[200, 20])
     p.add_argument("--temperature", type=float, default=0.1)
     p.add_argument("--epochs", type=int, default=100, help="linear probe epochs")
@@ -431,14 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the metric to rank cells by and plot (default: knn@200)",
     )  # fmt: skip
     p.add_argument("--linear-epochs", type=int, default=100, help="linear probe epochs")
-    p.add_argument("--data", default="cifar10", help="labeled dataset (name, .npz or folder)")
-    p.add_argument("--test-data", help="test split source when it is another file/folder")
-    p.add_argument("--train-split", default="train")
-    p.add_argument("--test-split", default="test")
-    p.add_argument("--root", help="data root for named datasets (default $SELFSUP_DATA)")
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--train-subset", type=int)
-    p.add_argument("--test-subset", type=int)
+    _add_data_args(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the evaluation subsets")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every cell")
     p.set_defaults(func=_cmd_sweep)

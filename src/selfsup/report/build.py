@@ -555,21 +555,10 @@ def metric_rows(columns: Sequence[Column]) -> list[Row]:
         [_get(r, "clustering", "cluster_accuracy") for r in results],
     )
 
-    for name in keys_of(lambda r: r.get("ood")):
-        add(
-            "OOD detection",
-            f"AUROC {name}",
-            [_get(r, "ood", name, "auroc") for r in results],
-            fmt_f3,
-        )
-    for name in keys_of(lambda r: r.get("ood")):
-        add(
-            "OOD detection",
-            f"FPR@95%TPR {name}",
-            [_get(r, "ood", name, "fpr@95tpr") for r in results],
-            fmt_f3,
-            "min",
-        )
+    for label, key, better in (("AUROC", "auroc", "max"), ("FPR@95%TPR", "fpr@95tpr", "min")):
+        for name in keys_of(lambda r: r.get("ood")):
+            values = [_get(r, "ood", name, key) for r in results]
+            add("OOD detection", f"{label} {name}", values, fmt_f3, better)
 
     for which in ("linear", "finetuned"):
         title = "linear probe" if which == "linear" else "fine-tuned"

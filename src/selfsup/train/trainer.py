@@ -14,6 +14,7 @@ import math
 import signal
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,67 @@ class TrainResult:
 def step_seed(seed: int, step: int) -> int:
     """Seed of the augmentation generator at ``step`` (independent of process count)."""
     return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**63)
+
+
+@dataclass
+class TrainStep:
+    """One optimizer step exactly as ``Trainer.fit`` runs it (benchmarks time this same code).
+
+    A ``(step, seed)`` generator for the method's augmentation, the method's forward under
+    autocast (``amp_dtype``; None = fp32) returning ``(loss, metrics)``, backward through the
+    (fp16-only) grad scaler, the gradient norm (clipped to ``grad_clip`` when set; always
+    computed), a finiteness check of loss and norm, then ``before_optimizer_step``, the optimizer
+    step and ``on_after_step`` (EMA teachers, queues, centres). A non-finite step zeroes the
+    gradients and applies nothing. ``forward`` is the method itself, its DDP wrapper or its
+    compiled form; the hooks always go to the bare ``method``.
+    """
+
+    method: Method
+    forward: Callable[..., tuple[torch.Tensor, dict[str, Any]]]
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    device: torch.device
+    seed: int
+    grad_clip: float | None
+    total_steps: int
+
+    def __post_init__(self) -> None:
+        self.params = [p for p in self.method.parameters() if p.requires_grad]
+
+    def __call__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor | None,
+        global_size: int,
+        offset: int,
+        step: int,
+    ) -> tuple[torch.Tensor, dict[str, Any], bool]:
+        """One step on a (B, C, H, W) uint8 batch; returns (loss, metrics, applied)."""
+        generator = torch.Generator(device=self.device).manual_seed(step_seed(self.seed, step))
+        amp = self.amp_dtype
+        with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            loss, metrics = self.forward(images, labels, generator, global_size, offset)
+        optimizer, scaler = self.optimizer, self.scaler
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        grad_norm = nn.utils.clip_grad_norm_(self.params, self.grad_clip or float("inf"))
+        # DDP has already averaged the gradients, so every rank sees the same verdict
+        # (a NaN loss on one rank makes everyone's averaged gradients NaN).
+        finite = bool(torch.isfinite(loss)) and (
+            scaler.is_enabled() or bool(torch.isfinite(grad_norm))
+        )
+        metrics = {**metrics, "grad_norm": grad_norm}
+        if not finite:
+            optimizer.zero_grad(set_to_none=True)
+            scaler.update()
+            return loss, metrics, False
+        self.method.before_optimizer_step(step, self.total_steps)
+        scaler.step(optimizer)
+        scaler.update()
+        self.method.on_after_step(step, self.total_steps)
+        return loss, metrics, True
 
 
 def build_method(
@@ -200,8 +262,9 @@ class Trainer:
 
         optimizer = build_optimizer(method, tcfg.optimizer, tcfg.batch_size)
         amp_dtype = autocast_dtype(device, tcfg.precision)
-        use_scaler = device.type == "cuda" and amp_dtype == torch.float16
-        scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        scaler = torch.amp.GradScaler(
+            "cuda", enabled=device.type == "cuda" and amp_dtype == torch.float16
+        )
         loader = BatchLoader(
             source,
             tcfg.batch_size // world,
@@ -302,33 +365,17 @@ class Trainer:
             unit="step",
             dynamic_ncols=True,
         )
-        params = [p for p in method.parameters() if p.requires_grad]
-
-        def train_step(batch: Any, step: int) -> tuple[torch.Tensor, dict[str, Any], bool]:
-            """One optimizer step; returns (loss, metrics, applied)."""
-            generator = torch.Generator(device=device).manual_seed(step_seed(cfg.seed, step))
-            with torch.autocast(
-                device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-            ):
-                loss, metrics = step_fn(
-                    batch.images, batch.labels, generator, batch.global_size, batch.offset
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = nn.utils.clip_grad_norm_(params, tcfg.grad_clip or float("inf"))
-            # DDP has already averaged the gradients, so every rank sees the same verdict
-            # (a NaN loss on one rank makes everyone's averaged gradients NaN).
-            finite = bool(torch.isfinite(loss)) and (use_scaler or bool(torch.isfinite(grad_norm)))
-            if not finite:
-                optimizer.zero_grad(set_to_none=True)
-                scaler.update()
-                return loss, {**metrics, "grad_norm": grad_norm}, False
-            method.before_optimizer_step(step, total_steps)
-            scaler.step(optimizer)
-            scaler.update()
-            method.on_after_step(step, total_steps)
-            return loss, {**metrics, "grad_norm": grad_norm}, True
+        train_step = TrainStep(
+            method=method,
+            forward=step_fn,
+            optimizer=optimizer,
+            scaler=scaler,
+            amp_dtype=amp_dtype,
+            device=device,
+            seed=cfg.seed,
+            grad_clip=tcfg.grad_clip,
+            total_steps=total_steps,
+        )
 
         method.on_train_start(steps_per_epoch, total_steps)
         step, last_loss = start_step, float("nan")
@@ -347,7 +394,9 @@ class Trainer:
                             lr_peak,
                             lr_at(step, total_steps, warmup_steps, tcfg.schedule),
                         )
-                        loss, metrics, applied = train_step(batch, step)
+                        loss, metrics, applied = train_step(
+                            batch.images, batch.labels, batch.global_size, batch.offset, step
+                        )
                         if not applied:
                             self.skipped_steps += 1
                             what = f"loss {loss.item()}, gradient norm {metrics['grad_norm']}"

@@ -3,8 +3,9 @@ and as the images seen grow on the full set, in one plot.
 
 Cells (CPU-budget protocol otherwise, BENCHMARKS.md): the method's ``<method>_cifar10_cpu``
 recipe trained on seeded random subsets of 5k / 10k / 25k / 50k CIFAR-10 train images
-(``data.subset``) for the same 60k images seen (epochs = 60k / N), and on all 50k for 1x / 2x /
-4x that (60k / 120k / 240k images seen). kNN (k=200/20, t=0.1) on all 50k train / 10k test features.
+(``data.subset``) for the same 60k images seen (epochs = 60k / N; LR warm-up over the first 10k
+images in every cell), and on all 50k for 1x / 2x / 4x that (60k / 120k / 240k images seen).
+kNN (k=200/20, t=0.1) on all 50k train / 10k test features.
 
     SELFSUP_DATA=../shared/datasets python benchmarks/data_vs_compute.py --method moco_v2
 
@@ -26,6 +27,7 @@ from selfsup.evaluate.protocols import evaluate_encoder, load_eval_data
 
 SUBSETS = (5000, 10000, 25000, 50000)
 MULTIPLES = (1, 2, 4)
+WARMUP_IMAGES = 10_000
 
 
 def cells(base_seen: int) -> list[tuple[str, int, int]]:
@@ -58,7 +60,11 @@ def main() -> None:
             if args.only and name not in args.only:
                 continue
             run = Path(args.out) / args.method / name
-            overrides = [f"data.subset={n}", f"train.epochs={seen / n}", *threads, *args.overrides]
+            # warm-up fixed in images (the recipe's 0.5 epoch of its 20k subset), not in epochs,
+            # so every cell has the same LR schedule over the images it sees
+            warmup = f"train.schedule.warmup_epochs={WARMUP_IMAGES / n}"
+            overrides = [f"data.subset={n}", f"train.epochs={seen / n}", warmup, *threads,
+                         *args.overrides]  # fmt: skip
             summary = train(args.method, f"{args.method}_cifar10_cpu", run, overrides)
             if rows.get(name, {}).get("checkpoint_step") == summary.get("steps"):
                 print(f"{name}: done already")

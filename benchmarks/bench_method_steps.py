@@ -18,8 +18,8 @@ Parts (``--parts``, default all):
   augmentation inside, backward, gradient-norm clipping (the norm is always computed), the
   finiteness check, ``before_optimizer_step``, the optimizer step (the recipe's optimizer, built
   by ``build_optimizer``) and ``on_after_step``: EMA teachers/key encoders, MoCo's queue, DINO's
-  centre). Steps are numbered from the middle
-  of the recipe's run (past LR warm-up and DINO's frozen-last-layer epoch). The method's
+  centre). Steps are numbered from the middle of the recipe's run (past LR warm-up and DINO's
+  frozen-last-layer epoch). The method's
   ``bare`` baseline: a copy of that method's own encoder (same architecture, width, input
   channels) doing forward + backward of ``features.sum()`` + an SGD step on pre-made float
   inputs of exactly the shapes the method feeds its trainable encoder per step, one pass per

@@ -103,6 +103,9 @@ class OptimizerConfig(Section):
     nesterov: bool = False
     trust_coefficient: float = Field(default=0.001, gt=0)
     """LARS trust ratio coefficient."""
+    lars_clip: bool = False
+    """LARS: cap the layer-wise rate at the global lr (LARC's clip mode) instead of
+    multiplying it."""
     exclude_norm_and_bias: bool = True
     """No weight decay (and no LARS adaptation) on norm layers and biases."""
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from selfsup.losses.precision import full_precision
 
+
+@full_precision
 def negative_cosine(p: Tensor, z: Tensor) -> Tensor:
     """SimSiam's ``D(p, stopgrad(z))``: mean over rows of ``-cos(p_i, z_i)``.
 
@@ -23,6 +26,7 @@ def negative_cosine(p: Tensor, z: Tensor) -> Tensor:
     return -F.cosine_similarity(p.float(), z.detach().float(), dim=1).mean()
 
 
+@full_precision
 def normalized_mse(p: Tensor, z: Tensor) -> Tensor:
     """BYOL's loss: mean over rows of ``|| p_i/|p_i| - z_i/|z_i| ||^2 = 2 - 2 cos(p_i, z_i)``.
 

@@ -7,7 +7,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from selfsup.losses.precision import full_precision
 
+
+@full_precision
 def dino_teacher_probs(logits: Tensor, center: Tensor, temperature: float | Tensor) -> Tensor:
     """Centred, sharpened teacher distribution: ``softmax((logits - center) / T)``.
 
@@ -16,6 +19,7 @@ def dino_teacher_probs(logits: Tensor, center: Tensor, temperature: float | Tens
     return torch.softmax((logits.detach().float() - center) / temperature, dim=-1)
 
 
+@full_precision
 def dino_loss(
     student_logits: Sequence[Tensor], teacher_probs: Sequence[Tensor], student_temp: float = 0.1
 ) -> Tensor:

@@ -6,7 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from selfsup.losses.precision import full_precision
 
+
+@full_precision
 def info_nce(
     query: Tensor,
     positive_key: Tensor,
@@ -45,6 +48,7 @@ def info_nce(
     return F.cross_entropy(logits / temperature, targets)
 
 
+@full_precision
 def nt_xent(
     z1: Tensor,
     z2: Tensor,

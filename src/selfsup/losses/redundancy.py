@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from selfsup.losses.precision import full_precision
+
 
 def off_diagonal(m: Tensor) -> Tensor:
     """The off-diagonal entries of a square matrix (D, D) as a flat (D * (D - 1),) tensor."""
@@ -21,6 +23,7 @@ def off_diagonal(m: Tensor) -> Tensor:
     return m.flatten()[:-1].view(d - 1, d + 1)[:, 1:].flatten()
 
 
+@full_precision
 def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5) -> Tensor:
     """Barlow Twins' cross-correlation (D, D) of two views' embeddings (N, D).
 
@@ -34,6 +37,7 @@ def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5) -> Tensor:
     return a.T @ b / n
 
 
+@full_precision
 def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float = 5e-3, eps: float = 1e-5) -> Tensor:
     """Barlow Twins (Zbontar et al., 2021): ``sum_i (1 - C_ii)^2 + lambd * sum_{i!=j} C_ij^2``.
 
@@ -55,6 +59,7 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float = 5e-3, eps: float = 
     return on + lambd * off
 
 
+@full_precision
 def vicreg_terms(z1: Tensor, z2: Tensor, eps: float = 1e-4) -> dict[str, Tensor]:
     """VICReg's three unweighted terms for embeddings (N, D) of two views.
 
@@ -78,6 +83,7 @@ def vicreg_terms(z1: Tensor, z2: Tensor, eps: float = 1e-4) -> dict[str, Tensor]
     return {"invariance": invariance, "variance": variance, "covariance": covariance}
 
 
+@full_precision
 def vicreg_loss(
     z1: Tensor,
     z2: Tensor,

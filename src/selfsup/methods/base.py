@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from selfsup.augment import build_pipeline
 from selfsup.augment.color import input_channels
 from selfsup.backbones import Backbone
+from selfsup.losses.precision import full_precision
 
 NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -27,6 +28,7 @@ def normalization(name: str, channels: int) -> tuple[tuple[float, ...], tuple[fl
     return mean, std
 
 
+@full_precision
 def embedding_spread(z: Tensor) -> Tensor:
     """Collapse indicator of embeddings (N, D): mean per-dimension std of the L2-normalised
     rows, times sqrt(D). About 1 when embeddings spread over the sphere, 0 when collapsed."""

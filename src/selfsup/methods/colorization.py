@@ -51,6 +51,7 @@ from selfsup.augment.color import AB_SCALE, lab_to_input, lab_to_rgb, rgb_to_lab
 from selfsup.backbones import Backbone
 from selfsup.errors import ConfigError
 from selfsup.heads import ConvDecoder, feature_map_shape, spatial_features
+from selfsup.losses.precision import full_precision
 from selfsup.methods.base import NORMALIZATION, Method, MethodConfig, StepResult
 from selfsup.train.distributed import is_distributed
 
@@ -216,6 +217,7 @@ def soft_encode_dense(values: Tensor, centers: Tensor, k: int = 5, sigma: float 
     return out.scatter_(1, idx, w)
 
 
+@full_precision
 def soft_cross_entropy(
     logits: Tensor, idx: Tensor, weights: Tensor, pixel_weights: Tensor | None = None
 ) -> Tensor:
@@ -269,6 +271,7 @@ def annealed_mean(logits: Tensor, centers: Tensor, temperature: float = 0.38) ->
         return torch.einsum("nqhw,qd->ndhw", p, centers.to(p))
 
 
+@full_precision
 def regression_loss(
     pred: Tensor, target: Tensor, kind: Literal["l2", "smooth_l1"] = "l2", beta: float = 0.05
 ) -> Tensor:

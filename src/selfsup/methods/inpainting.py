@@ -48,6 +48,7 @@ from selfsup.augment import (
 )
 from selfsup.augment.pixel_masks import center_square, sample_pixel_masks
 from selfsup.heads import ConvDecoder, feature_map_shape, spatial_features
+from selfsup.losses.precision import full_precision
 from selfsup.methods.base import Method, MethodConfig, StepResult
 
 __all__ = [
@@ -101,6 +102,7 @@ class InpaintingConfig(MethodConfig):
 
 
 # --- losses and metrics (pure functions) ----------------------------------------------------
+@full_precision
 def inpainting_l2(
     pred: Tensor, target: Tensor, mask: Tensor, context_weight: float = 0.0
 ) -> Tensor:
@@ -123,11 +125,13 @@ def inpainting_l2(
     return (sq * weight).sum() / masked.clamp_min(1.0)
 
 
+@full_precision
 def generator_adversarial_loss(logits_fake: Tensor) -> Tensor:
     """Non-saturating generator loss ``BCE(D(fake), 1) = mean softplus(-logit)``; logits (N,)."""
     return F.binary_cross_entropy_with_logits(logits_fake, torch.ones_like(logits_fake))
 
 
+@full_precision
 def discriminator_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
     """``BCE(D(real), 1) + BCE(D(fake), 0)`` (each a mean over its batch); logits (N,)."""
     real = F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real))

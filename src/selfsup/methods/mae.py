@@ -30,6 +30,7 @@ from selfsup.augment import (
 )
 from selfsup.augment.masking import block_masking, grid_masking, random_masking
 from selfsup.backbones.vit import Block, VisionTransformer, get_2d_sincos_pos_embed
+from selfsup.losses.precision import full_precision
 from selfsup.methods.base import Method, MethodConfig, StepResult
 
 __all__ = ["MAE", "MAEConfig", "masked_mse", "normalize_patches", "denormalize_patches"]
@@ -84,6 +85,7 @@ def denormalize_patches(pred: Tensor, target: Tensor) -> Tensor:
     return pred * std + mean
 
 
+@full_precision
 def masked_mse(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = False) -> Tensor:
     """Mean squared error over the masked patches only.
 

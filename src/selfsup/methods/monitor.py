@@ -15,9 +15,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from selfsup.losses.precision import full_precision
 from selfsup.methods.base import embedding_spread
 
 
+@full_precision
 def singular_values(z: Tensor) -> Tensor:
     """Singular values of (N, D) embeddings, from the eigenvalues of the smaller Gram matrix
     (``min(N, D)`` square), which is cheaper than an SVD of a wide batch. Returns

@@ -15,7 +15,10 @@ class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise adaptive rate scaling (You et al., 2017).
 
     Each parameter's update is scaled by ``trust_coefficient * ||w|| / (||g|| + wd * ||w||)``.
-    Groups with ``lars_exclude=True`` (norms and biases) get plain SGD with momentum.
+    With ``clip=True`` (LARC's clip mode, as solo-learn's CIFAR recipes use) that layer-wise
+    rate is capped at the global lr instead of multiplying it: the step is
+    ``min(trust_coefficient * ||w|| / ||g||, lr) * g``, so no layer moves faster than plain SGD
+    would. Groups with ``lars_exclude=True`` (norms and biases) get plain SGD with momentum.
     """
 
     def __init__(
@@ -26,6 +29,7 @@ class LARS(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         trust_coefficient: float = 0.001,
         eps: float = 1e-8,
+        clip: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -34,6 +38,7 @@ class LARS(torch.optim.Optimizer):
             trust_coefficient=trust_coefficient,
             eps=eps,
             lars_exclude=False,
+            clip=clip,
         )
         super().__init__(params, defaults)
 
@@ -55,6 +60,8 @@ class LARS(torch.optim.Optimizer):
                         group["trust_coefficient"] * w_norm / (g_norm + group["eps"]),
                         torch.ones_like(w_norm),
                     )
+                    if group["clip"]:
+                        trust = torch.clamp(trust / group["lr"], max=1.0)
                     grad = grad * trust
                 state = self.state[p]
                 if "momentum_buffer" not in state:
@@ -143,6 +150,7 @@ def build_optimizer(
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
         trust_coefficient=cfg.trust_coefficient,
+        clip=cfg.lars_clip,
     )
 
 

@@ -170,7 +170,7 @@ class MethodBench:
         )
 
     def step(self, i: int) -> None:
-        """One Trainer training step: the LR schedule, then ``selfsup.train.trainer.TrainStep``
+        """One Trainer training step: the LR schedule, then ``selfsup.train.TrainStep``
         (the code ``Trainer.fit`` runs)."""
         from selfsup.train.optim import lr_at, set_lr
 
@@ -263,8 +263,9 @@ def build_bench(
 ) -> MethodBench:
     """The method of ``recipe`` with the benchmark's overrides, as the Trainer builds it."""
     from selfsup.config import load_config
+    from selfsup.models import build_method
+    from selfsup.train import TrainStep
     from selfsup.train.optim import build_optimizer, peak_lr
-    from selfsup.train.trainer import TrainStep, build_method
 
     B = args.batch_size
     cuda = device.type == "cuda"

@@ -145,8 +145,9 @@ def main() -> None:
 
     from selfsup.config import load_config
     from selfsup.losses import nt_xent
+    from selfsup.models import build_method
     from selfsup.train.optim import build_optimizer
-    from selfsup.train.trainer import build_method, step_seed
+    from selfsup.train.trainer import step_seed
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

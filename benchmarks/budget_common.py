@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from selfsup.config import load_config
-from selfsup.train import Trainer
-from selfsup.train.checkpoint import latest_checkpoint
+from selfsup.pretraining import pretrain
+from selfsup.utils.io import latest_checkpoint
 
 
 def add_budget_args(p: argparse.ArgumentParser, name: str, only_help: str) -> None:
@@ -35,7 +35,7 @@ def train(method: str, recipe: str, out_dir: Path, overrides: list[str]) -> dict
     cfg = load_config(method, recipe, [f"out_dir={out_dir}", "train.progress=false", *overrides])
     summary = out_dir / "summary.json"
     if not summary.exists():
-        Trainer(cfg, resume=latest_checkpoint(out_dir) is not None).fit()
+        pretrain(cfg, resume=latest_checkpoint(out_dir) is not None)
     return json.loads(summary.read_text())
 
 

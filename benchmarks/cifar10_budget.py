@@ -21,8 +21,8 @@ import torch
 
 from selfsup.config import load_config
 from selfsup.evaluate import evaluate_encoder, load_eval_data
-from selfsup.train import Trainer
-from selfsup.train.checkpoint import latest_checkpoint
+from selfsup.pretraining import pretrain
+from selfsup.utils.io import latest_checkpoint
 
 
 def train(method: str, recipe: str | None, out_dir: Path, overrides: list[str]) -> dict:
@@ -30,7 +30,7 @@ def train(method: str, recipe: str | None, out_dir: Path, overrides: list[str]) 
     summary = out_dir / "summary.json"
     if summary.exists():
         return json.loads(summary.read_text())
-    Trainer(cfg, resume=latest_checkpoint(out_dir) is not None).fit()
+    pretrain(cfg, resume=latest_checkpoint(out_dir) is not None)
     return json.loads(summary.read_text())
 
 

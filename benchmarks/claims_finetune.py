@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from budget_common import read_rows, write_rows
 
-from selfsup.evaluate.encoders import load_encoder
 from selfsup.evaluate.finetune import FinetuneConfig, class_balanced_subset, finetune
 from selfsup.evaluate.protocols import EvalData, evaluate_encoder, load_eval_data
+from selfsup.models import load_encoder
 
 FRACTIONS = (0.1, 0.01)
 PARTIAL_FREEZE = 2  # stem + layer1 of the ResNet

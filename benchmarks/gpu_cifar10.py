@@ -47,9 +47,10 @@ import torch
 
 from selfsup.cli import main as cli_main
 from selfsup.config import load_config
-from selfsup.train import Trainer
+from selfsup.models import build_method
+from selfsup.pretraining import pretrain
 from selfsup.train.metrics_log import read_metrics
-from selfsup.train.trainer import build_method, load_training_source, step_seed
+from selfsup.train.trainer import load_training_source, step_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 SAVE_TO: tuple[dict[str, Any], Path] | None = None
@@ -160,7 +161,7 @@ def train_budget(args: argparse.Namespace, device: torch.device, out: Path) -> d
     cfg = load_config("simclr", "simclr_default", overrides)
     reset_peak(device)
     t0 = time.perf_counter()
-    result = Trainer(cfg).fit()
+    result = pretrain(cfg)
     wall = time.perf_counter() - t0
     mem = peak(device)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -243,7 +244,7 @@ def step_cost(
     )
     reset_peak(device)
     t0 = time.perf_counter()
-    Trainer(cfg).fit()
+    pretrain(cfg)
     wall = time.perf_counter() - t0
     timed = [(st, s) for st, s in intervals(run_dir, args.batch_size) if st > args.warmup_steps]
     steps = timed[-1][0] - args.warmup_steps

@@ -19,9 +19,10 @@ from pathlib import Path
 from selfsup.config import load_config
 from selfsup.data import load_source, random_subset_indices
 from selfsup.evaluate import evaluate_encoder, load_eval_data
-from selfsup.evaluate.pretext import evaluate_pretext, load_method
-from selfsup.train import Trainer
-from selfsup.train.checkpoint import latest_checkpoint
+from selfsup.evaluate.pretext import evaluate_pretext
+from selfsup.models import load_method
+from selfsup.pretraining import pretrain
+from selfsup.utils.io import latest_checkpoint
 
 CELLS = [
     ("random", 0.25), ("random", 0.5), ("random", 0.75), ("random", 0.9), ("block", 0.75),
@@ -51,7 +52,7 @@ def main() -> None:
             "train.progress=false", "train.knn_monitor.every_epochs=0",
         ])
         if not (run / "summary.json").exists():
-            Trainer(cfg, resume=latest_checkpoint(run) is not None).fit()
+            pretrain(cfg, resume=latest_checkpoint(run) is not None)
         summary = json.loads((run / "summary.json").read_text())
         t0 = time.perf_counter()
         r = evaluate_encoder(str(run), data, protocols=("knn", "linear"),

@@ -37,7 +37,8 @@ from budget_common import add_budget_args, read_rows, train, train_fields, write
 
 from selfsup.data import load_source
 from selfsup.evaluate import evaluate_encoder, load_eval_data
-from selfsup.evaluate.pretext import evaluate_pretext, load_method
+from selfsup.evaluate.pretext import evaluate_pretext
+from selfsup.models import load_method
 
 METHODS = ["simclr", "moco_v2", "moco_v3", "dino", "cpc", "byol", "simsiam", "barlow_twins",
            "vicreg"]

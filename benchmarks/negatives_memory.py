@@ -35,7 +35,7 @@ def _rss_mib() -> float:
 def measure(method: str, batch: int, queue: int | None) -> dict:
     """One cell, in this process: peak RSS increase (MiB) of one training step at ``batch``."""
     from selfsup.config import load_config
-    from selfsup.train.trainer import build_method
+    from selfsup.models import build_method
 
     torch.manual_seed(0)
     overrides = [f"method_args.queue_size={queue}"] if queue else []

@@ -26,7 +26,8 @@ from budget_common import read_rows, train, train_fields, write_rows
 
 from selfsup.data import load_source
 from selfsup.evaluate import evaluate_encoder, load_eval_data
-from selfsup.evaluate.pretext import evaluate_pretext, load_method
+from selfsup.evaluate.pretext import evaluate_pretext
+from selfsup.models import load_method
 
 # (row label, method, recipe, extra overrides)
 RUNS: list[tuple[str, str, str, list[str]]] = [

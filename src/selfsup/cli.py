@@ -15,11 +15,11 @@ from selfsup.errors import ConfigError, SelfsupError, TrainingInterrupted
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from selfsup.config import load_config
-    from selfsup.train import Trainer
+    from selfsup.pretraining import pretrain
 
     cfg = load_config(args.method, args.config, args.overrides)
-    result = Trainer(cfg, resume=args.resume, stop_at_step=args.stop_at_step).fit()
-    from selfsup.train.distributed import is_main_process
+    result = pretrain(cfg, resume=args.resume, stop_at_step=args.stop_at_step)
+    from selfsup.utils.distributed import is_main_process
 
     if is_main_process():
         print(
@@ -80,8 +80,8 @@ def _eval_pretext(args: argparse.Namespace) -> int:
     import torch
 
     from selfsup.data import load_source, random_subset_indices
-    from selfsup.evaluate.pretext import evaluate_pretext, load_method
-    from selfsup.train.trainer import write_pictures
+    from selfsup.evaluate.pretext import evaluate_pretext
+    from selfsup.models import load_method, write_pictures
 
     rows = []
     for spec in args.encoders:

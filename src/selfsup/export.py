@@ -7,7 +7,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from selfsup.evaluate.encoders import load_encoder
+from selfsup.models import load_encoder
 
 
 def export_encoder(spec: str, out: str | Path, fmt: str = "selfsup") -> list[Path]:
@@ -15,7 +15,7 @@ def export_encoder(spec: str, out: str | Path, fmt: str = "selfsup") -> list[Pat
 
     Formats:
         ``selfsup``: ``out`` (.safetensors) plus ``out`` with ``.json`` — the architecture meta
-        that :func:`selfsup.evaluate.load_encoder` needs.
+        that :func:`selfsup.models.load_encoder` needs.
         ``torchvision`` / ``timm``: a safetensors state dict with the library's own key names
         (classifier removed), loadable with ``model.load_state_dict(sd, strict=False)``; only
         for encoders built from that library (``torchvision:NAME`` / ``timm:NAME``).

@@ -71,7 +71,7 @@ def run_quickstart(
     out_dir: str = "runs/quickstart", minutes: float = 3.0, device: str = "auto"
 ) -> dict:
     from selfsup.evaluate import evaluate_encoder, load_eval_data
-    from selfsup.train import Trainer
+    from selfsup.pretraining import pretrain
 
     dataset, note = _pick_dataset()
     print(f"selfsup quickstart: {note}")
@@ -83,7 +83,7 @@ def run_quickstart(
         f"pretraining SimCLR ({cfg.backbone.name}) on "
         f"{dataset} for {cfg.train.epochs} epochs" + (" (resuming)" if resume else "")
     )
-    result = Trainer(cfg, resume=resume).fit()
+    result = pretrain(cfg, resume=resume)
 
     e = cfg.eval_data
     data = load_eval_data(

@@ -238,8 +238,8 @@ def run_sweep(
     ``train_minutes`` (of the last training session), ``images_per_second``,
     ``peak_rss_mib``, ``steps``, ``images_seen`` and the ``eval`` settings.
     """
-    from selfsup.train import Trainer
-    from selfsup.train.checkpoint import latest_checkpoint, write_json
+    from selfsup.pretraining import pretrain
+    from selfsup.utils.io import latest_checkpoint, write_json
 
     out_dir = Path(out_dir)
     protocols = tuple(protocols)
@@ -285,7 +285,7 @@ def run_sweep(
         if summary is None:
             resume = latest_checkpoint(c.run_dir) is not None
             log(f"{step}: {'resuming' if resume else 'training'} in {c.run_dir}")
-            Trainer(c.config, resume=resume).fit()
+            pretrain(c.config, resume=resume)
             summary = json.loads(summary_path.read_text())
         else:
             log(f"{step}: evaluating the finished run in {c.run_dir}")

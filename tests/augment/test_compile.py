@@ -10,7 +10,7 @@ import torch._dynamo as dynamo
 from selfsup.augment import build_pipeline
 from selfsup.augment.masking import random_masking
 from selfsup.config import load_config
-from selfsup.train.trainer import build_method
+from selfsup.models import build_method
 
 
 def _simclr():

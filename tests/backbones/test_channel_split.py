@@ -8,7 +8,7 @@ from selfsup.backbones import build_backbone
 from selfsup.backbones.channel_split import ChannelSplitBackbone, build_channel_split
 from selfsup.config import BackboneConfig
 from selfsup.evaluate import build_encoder, encoder_meta, load_encoder
-from selfsup.evaluate.encoders import make_encoder
+from selfsup.models import make_encoder
 
 
 def _split(name="resnet_tiny", **kwargs):

@@ -8,8 +8,8 @@ import torch
 from selfsup.cli import main
 from selfsup.config import load_config
 from selfsup.evaluate import evaluate_encoder, load_encoder, load_encoder_with_head
-from selfsup.evaluate.pretext import load_method
 from selfsup.evaluate.protocols import load_eval_data
+from selfsup.models import load_method
 from selfsup.train import Trainer
 
 

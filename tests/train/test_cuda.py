@@ -15,8 +15,9 @@ from selfsup.cli import main as cli_main
 from selfsup.config import load_config
 from selfsup.data import load_source
 from selfsup.evaluate.features import extract_features
+from selfsup.pretraining import pretrain
 from selfsup.train import Trainer
-from selfsup.train.checkpoint import latest_checkpoint
+from selfsup.utils.io import latest_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -84,7 +85,7 @@ def test_bf16_channels_last_run_then_eval_on_cuda(tiny_npz, tmp_path):
         "train.knn_monitor.every_epochs=1",
         "train.pictures_every_epochs=1",
     )
-    result = Trainer(cfg).fit()
+    result = pretrain(cfg)
     assert result.steps == 4 and math.isfinite(result.final_loss)
     start = start_event(run)
     assert start["device"] == "cuda:0" and start["precision"] == "torch.bfloat16"

@@ -5,7 +5,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from selfsup.train.distributed import gather_no_grad
+from selfsup.utils.distributed import gather_no_grad
 
 
 def test_single_process_returns_a_detached_tensor():
@@ -38,7 +38,7 @@ def test_global_batchnorm_conversion_keeps_frozen_parameters_frozen():
     gradients and fail at the second step."""
     from torch import nn
 
-    from selfsup.train.distributed import GlobalBatchNorm, convert_sync_batchnorm
+    from selfsup.utils.distributed import GlobalBatchNorm, convert_sync_batchnorm
 
     model = nn.ModuleDict({"online": nn.BatchNorm1d(4), "frozen": nn.BatchNorm1d(4)})
     model["frozen"].requires_grad_(False)

@@ -17,9 +17,9 @@ from selfsup.errors import TrainingError
 from selfsup.methods import SimCLR
 from selfsup.methods.base import embedding_spread
 from selfsup.train import Trainer
-from selfsup.train.checkpoint import latest_checkpoint
 from selfsup.train.metrics_log import read_metrics
 from selfsup.train.trainer import CollapseWarning
+from selfsup.utils.io import latest_checkpoint
 
 COMMON = [
     "backbone.name=resnet_tiny", "train.batch_size=16", "train.epochs=3",
@@ -245,7 +245,7 @@ def test_folder_with_odd_and_huge_images_trains(tmp_path):
 
 KILL_MID_WRITE = """
 import sys, time
-import selfsup.train.checkpoint as ck
+import selfsup.utils.io as ck
 from selfsup.cli import main
 
 original = ck._fsync

@@ -10,8 +10,9 @@ from safetensors.torch import load_file
 
 from selfsup.config import load_config
 from selfsup.errors import TrainingError
+from selfsup.pretraining import pretrain
 from selfsup.train import Trainer
-from selfsup.train.checkpoint import latest_checkpoint
+from selfsup.utils.io import latest_checkpoint
 
 
 def tiny_cfg(data_path, out_dir, *extra):
@@ -209,7 +210,7 @@ def test_knn_monitor_and_grad_clip_are_logged(tiny_npz, tmp_path):
         "train.knn_monitor.k=5",
         "train.grad_clip=0.5",
     )
-    Trainer(cfg).fit()
+    pretrain(cfg)  # the trainer with the OnlineKnn callback
     rows = [
         json.loads(line)
         for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
@@ -218,6 +219,12 @@ def test_knn_monitor_and_grad_clip_are_logged(tiny_npz, tmp_path):
     monitor = [r for r in rows if "online_knn@5" in r]
     assert [r["step"] for r in monitor] == [4, 8]
     assert all(0.0 <= r["online_knn@5"] <= 1.0 for r in monitor)
+
+
+def test_a_bare_trainer_warns_that_nothing_runs_the_knn_monitor(tiny_npz, tmp_path):
+    cfg = tiny_cfg(tiny_npz, tmp_path / "run", "train.knn_monitor.every_epochs=1")
+    with pytest.warns(UserWarning, match="no callback runs the kNN monitor"):
+        Trainer(cfg)
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from selfsup.augment.color import input_channels, rgb_to_input
 from selfsup.backbones import Backbone
 from selfsup.data import ImageSource
 from selfsup.methods.base import NORMALIZATION, normalization
-from selfsup.train.precision import autocast_dtype
+from selfsup.utils.precision import autocast_dtype
 
 
 def match_channels(images: Tensor, channels: int) -> Tensor:

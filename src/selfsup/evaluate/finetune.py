@@ -37,9 +37,9 @@ from selfsup.augment import build_pipeline
 from selfsup.augment.presets import crop_flip_pipeline
 from selfsup.backbones import Backbone
 from selfsup.data import ImageSource
-from selfsup.evaluate.encoders import LoadedEncoder
 from selfsup.evaluate.features import encoder_inputs
-from selfsup.train.precision import autocast_dtype
+from selfsup.models import LoadedEncoder
+from selfsup.utils.precision import autocast_dtype
 
 
 @dataclass

@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from selfsup.evaluate.encoders import load_encoder
 from selfsup.evaluate.finetune import FinetuneConfig, class_balanced_subset, finetune
 from selfsup.evaluate.linear import linear_probe
 from selfsup.evaluate.protocols import EvalData, features_for
+from selfsup.models import load_encoder
 
 PROTOCOLS = ("linear", "finetune", "scratch")
 """``linear``: probe on frozen features; ``finetune``: the whole encoder + head; ``scratch``: the

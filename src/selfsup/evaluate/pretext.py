@@ -2,35 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from selfsup.config import load_config
 from selfsup.data import ImageSource
 from selfsup.methods import Method
-from selfsup.train.checkpoint import latest_checkpoint
-
-
-def load_method(run_dir: str | Path, device: str | torch.device = "cpu") -> Method:
-    """Rebuild a run's whole method (encoder + heads) from its config and last checkpoint."""
-    from safetensors.torch import load_file
-
-    from selfsup.train.trainer import build_method
-
-    run_dir = Path(run_dir)
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint to load the method from")
-    cfg = load_config(None, str(run_dir / "config.yaml"))
-    meta = json.loads((ckpt / "meta.json").read_text())
-    enc = meta["encoder"]
-    data_channels = enc.get("data_channels", enc["in_channels"])  # differ for Lab methods
-    method = build_method(cfg, enc["image_size"], data_channels, meta.get("num_classes"))
-    method.load_state_dict(load_file(str(ckpt / "model.safetensors")))
-    return method.to(device).eval()
+from selfsup.models import load_method  # noqa: F401  (deprecated alias)
 
 
 @torch.no_grad()

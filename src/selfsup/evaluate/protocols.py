@@ -10,10 +10,10 @@ import torch
 from torch import Tensor
 
 from selfsup.data import ImageSource, load_source, random_subset_indices
-from selfsup.evaluate.encoders import LoadedEncoder, load_encoder, load_encoder_with_head
 from selfsup.evaluate.features import cached_features
 from selfsup.evaluate.knn import knn_accuracy
 from selfsup.evaluate.linear import linear_probe
+from selfsup.models import LoadedEncoder, load_encoder, load_encoder_with_head
 
 
 @dataclass

@@ -23,10 +23,10 @@ from torch import Tensor, nn
 
 from selfsup.data import ImageSource
 from selfsup.evaluate.corruptions import corrupt, corruption_names, default_generator
-from selfsup.evaluate.encoders import LoadedEncoder
 from selfsup.evaluate.features import extract_features
 from selfsup.evaluate.linear import linear_probe
 from selfsup.evaluate.protocols import EvalData, features_for
+from selfsup.models import LoadedEncoder
 
 
 def corrupted_source(

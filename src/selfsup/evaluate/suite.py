@@ -32,13 +32,13 @@ import torch
 
 from selfsup.data import ImageSource, random_subset_indices
 from selfsup.evaluate.clustering import clustering_metrics
-from selfsup.evaluate.encoders import LoadedEncoder, load_encoder
 from selfsup.evaluate.features import extract_features
 from selfsup.evaluate.finetune import FinetuneConfig, finetune
 from selfsup.evaluate.knn import knn_accuracy
 from selfsup.evaluate.linear import linear_probe
 from selfsup.evaluate.ood import generated_ood_images, ood_metrics
 from selfsup.evaluate.protocols import EvalData, features_for
+from selfsup.models import LoadedEncoder, load_encoder
 
 AXES = ("knn", "linear", "clustering", "ood", "pretext", "cost", "pictures", "finetune",
         "partial", "low_label", "robustness")  # fmt: skip
@@ -226,7 +226,8 @@ def evaluate_all(
         result["ood"] = timed("ood", ood)
         result["ood_score"] = f"distance to the {opts.ood_k}-th nearest train feature"
     if "pretext" in axes and loaded.run_dir is not None and loaded.meta.get("method") != "random":
-        from selfsup.evaluate.pretext import evaluate_pretext, load_method
+        from selfsup.evaluate.pretext import evaluate_pretext
+        from selfsup.models import load_method
 
         def pretext() -> dict[str, float]:
             n = min(opts.pretext_images, len(data.test))

@@ -2,7 +2,7 @@
 embeddings, no negatives and no target network.
 
 Both depend on statistics over the batch, so under data parallelism pass the embeddings of the
-*global* batch (``selfsup.train.distributed.gather_with_grad``): every process then computes
+*global* batch (``selfsup.utils.distributed.gather_with_grad``): every process then computes
 the single-process loss, and gradient averaging gives the single-process gradient.
 """
 

@@ -17,7 +17,7 @@ from selfsup.heads import ProjectionHead
 from selfsup.losses import barlow_twins_loss, cross_correlation
 from selfsup.methods.base import Method, MethodConfig, PositiveRetrieval, StepResult
 from selfsup.methods.monitor import collapse_metrics
-from selfsup.train.distributed import gather_with_grad
+from selfsup.utils.distributed import gather_with_grad
 
 
 class BarlowTwinsConfig(MethodConfig):

@@ -53,7 +53,7 @@ from selfsup.errors import ConfigError
 from selfsup.heads import ConvDecoder, feature_map_shape, spatial_features
 from selfsup.losses.precision import full_precision
 from selfsup.methods.base import NORMALIZATION, Method, MethodConfig, StepResult
-from selfsup.train.distributed import is_distributed
+from selfsup.utils.distributed import is_distributed
 
 __all__ = [
     "AB_GRID",

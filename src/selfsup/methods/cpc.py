@@ -29,7 +29,7 @@ subset of that many positions of the global batch (one draw per ``k`` from the s
 generator) is kept, each scored against the targets of the others; ``None`` keeps all.
 
 **Distributed.** Embeddings and predictions are gathered from every process with gradients
-(:func:`~selfsup.train.distributed.gather_with_grad`) and every process computes the same
+(:func:`~selfsup.utils.distributed.gather_with_grad`) and every process computes the same
 global loss; the gather's backward sums the gradients and data parallelism averages them, so
 the update equals the single-process one (the loss itself is computed once per process, a small
 cost next to the encoder's ``n G^2`` patches). Crop, flip and per-patch draws are made for the
@@ -70,7 +70,7 @@ from selfsup.augment.tiles import (
 from selfsup.backbones.vit import VisionTransformer
 from selfsup.losses import info_nce
 from selfsup.methods.base import Method, MethodConfig, StepResult, embedding_spread
-from selfsup.train.distributed import gather_with_grad
+from selfsup.utils.distributed import gather_with_grad
 
 __all__ = ["CPC", "CPCConfig", "RowCausalContext", "cpc_pairs"]
 

@@ -51,7 +51,7 @@ from selfsup.losses.dino import dino_loss, dino_teacher_probs
 from selfsup.methods.base import Method, MethodConfig, StepResult
 from selfsup.methods.momentum import EMA
 from selfsup.methods.monitor import collapse_metrics
-from selfsup.train.distributed import all_reduce_mean
+from selfsup.utils.distributed import all_reduce_mean
 
 
 class DINOConfig(MethodConfig):

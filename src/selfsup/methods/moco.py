@@ -54,7 +54,7 @@ from selfsup.losses import info_nce
 from selfsup.methods.base import Method, MethodConfig, StepResult, contrastive_accuracy
 from selfsup.methods.momentum import EMA
 from selfsup.methods.monitor import collapse_metrics
-from selfsup.train.distributed import gather_no_grad, get_rank, get_world_size
+from selfsup.utils.distributed import gather_no_grad, get_rank, get_world_size
 
 
 class MoCoV2Config(MethodConfig):

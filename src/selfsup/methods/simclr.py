@@ -14,7 +14,7 @@ from selfsup.heads import ProjectionHead
 from selfsup.losses import nt_xent
 from selfsup.methods.base import Method, MethodConfig, PositiveRetrieval, StepResult
 from selfsup.methods.monitor import collapse_metrics
-from selfsup.train.distributed import gather_with_grad
+from selfsup.utils.distributed import gather_with_grad
 
 
 class SimCLRConfig(MethodConfig):

@@ -17,7 +17,7 @@ from selfsup.heads import ProjectionHead
 from selfsup.losses import vicreg_terms
 from selfsup.methods.base import Method, MethodConfig, PositiveRetrieval, StepResult
 from selfsup.methods.monitor import collapse_metrics
-from selfsup.train.distributed import gather_with_grad
+from selfsup.utils.distributed import gather_with_grad
 
 
 class VICRegConfig(MethodConfig):

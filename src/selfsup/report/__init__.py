@@ -3,10 +3,10 @@
 >>> from selfsup.report import build_report
 >>> html, md = build_report(["runs/simclr", "runs/byol"], "report", eval_paths=["eval_out"])
 
-See :func:`selfsup.report.build.build_report`; :mod:`selfsup.report.cli` has the command line
+See :func:`selfsup.report.page.build_report`; :mod:`selfsup.report.cli` has the command line
 (``python -m selfsup.report``).
 """
 
-from selfsup.report.build import build_report
+from selfsup.report.page import build_report
 
 __all__ = ["build_report"]

@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Build the report from parsed arguments; prints the two paths."""
-    from selfsup.report.build import build_report
+    from selfsup.report.page import build_report
 
     if not args.runs and not args.eval_paths:
         raise SystemExit("selfsup report: give at least one RUN_DIR or --eval result")

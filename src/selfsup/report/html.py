@@ -523,7 +523,7 @@ def render_html(
     columns: Sequence[Column], rows: Sequence[Row], notes: Sequence[str], *, title: str
 ) -> str:
     """The whole page."""
-    from selfsup import __version__
+    from selfsup._version import __version__
 
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     chart_html = "".join(f'<div class="chart">{svg}</div>' for _, _, svg in charts(columns))

@@ -1,17 +1,21 @@
-"""Training: the loop, optimizers and schedules, distributed helpers, checkpoints, metrics.
+"""Training: the loop, optimizers and schedules, callbacks, metrics.
 
-``Trainer`` and friends are imported lazily so that methods can use
-:mod:`selfsup.train.distributed` without a circular import.
+The layer below (``selfsup.utils``) holds the distributed helpers and checkpoint I/O it uses;
+``selfsup.models`` builds the method it trains.
 """
 
-from typing import Any
+from selfsup.errors import TrainingError
+from selfsup.models import build_method  # deprecated alias: build it with selfsup.models
+from selfsup.train.callbacks import Callback, StepOutput, TrainingRun
+from selfsup.train.trainer import Trainer, TrainResult, TrainStep
 
-__all__ = ["TrainResult", "Trainer", "TrainingError", "build_method"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from selfsup.train import trainer
-
-        return getattr(trainer, name)
-    raise AttributeError(f"module 'selfsup.train' has no attribute {name!r}")
+__all__ = [
+    "Callback",
+    "StepOutput",
+    "TrainResult",
+    "TrainStep",
+    "Trainer",
+    "TrainingError",
+    "TrainingRun",
+    "build_method",
+]

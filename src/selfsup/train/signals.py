@@ -8,7 +8,7 @@ from types import FrameType
 
 import torch
 
-from selfsup.train import distributed as dist_utils
+from selfsup.utils import distributed as dist_utils
 
 
 class StopRequest:

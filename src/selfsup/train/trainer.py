@@ -2,7 +2,8 @@
 
 Device, precision (bf16/fp16 autocast, channels_last), optional ``torch.compile``, DDP under
 torchrun, LR schedule, gradient clipping, checkpoint/resume, JSONL/TensorBoard metrics, a
-progress bar and an optional online kNN monitor. Randomness is derived from ``(seed, step)``,
+progress bar, and callbacks (:mod:`selfsup.train.callbacks`; the online kNN monitor is one, wired
+in by :func:`selfsup.pretraining.pretrain`). Randomness is derived from ``(seed, step)``,
 and the data order from ``(seed, epoch)``, so a resumed run continues exactly where the
 interrupted one stopped.
 """
@@ -14,7 +15,7 @@ import math
 import signal
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,20 +27,21 @@ from tqdm import tqdm
 from selfsup.config import RunConfig, TrainConfig, dump_config
 from selfsup.data import BatchLoader, ImageSource, load_source, random_subset_indices
 from selfsup.errors import TrainingError, TrainingInterrupted
-from selfsup.evaluate.encoders import encoder_meta, make_encoder
-from selfsup.methods import Method, get_method, normalization
-from selfsup.train import distributed as dist_utils
-from selfsup.train.checkpoint import (
+from selfsup.methods import Method, get_method
+from selfsup.models import build_method, method_encoder_meta, write_pictures
+from selfsup.train.callbacks import Callback, StepOutput, TrainingRun
+from selfsup.train.metrics_log import MetricsLogger
+from selfsup.train.optim import build_optimizer, lr_at, peak_lr, set_lr
+from selfsup.train.signals import StopRequest
+from selfsup.utils import distributed as dist_utils
+from selfsup.utils.io import (
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
     save_weights,
     write_json,
 )
-from selfsup.train.metrics_log import MetricsLogger
-from selfsup.train.optim import build_optimizer, lr_at, peak_lr, set_lr
-from selfsup.train.precision import autocast_dtype, use_channels_last
-from selfsup.train.signals import StopRequest
+from selfsup.utils.precision import autocast_dtype, use_channels_last
 
 
 class CollapseWarning(UserWarning):
@@ -138,31 +140,6 @@ class TrainStep:
         return loss, metrics, True
 
 
-def build_method(
-    cfg: RunConfig, image_size: int, in_channels: int, num_classes: int | None
-) -> Method:
-    """The method of ``cfg`` around a freshly initialised backbone, for training images of
-    ``in_channels`` channels (the encoder takes ``method.encoder_channels(in_channels)``, split
-    into the method's ``channel_groups`` when it has them)."""
-    method_cls = get_method(cfg.method)
-    encoder = make_encoder(
-        cfg.backbone,
-        image_size=image_size,
-        in_channels=method_cls.encoder_channels(in_channels),
-        channel_groups=method_cls.channel_groups,
-    )
-    mean, std = normalization(cfg.normalize, in_channels)
-    return method_cls(
-        encoder,
-        cfg.method_config(),
-        image_size=image_size,
-        mean=mean,
-        std=std,
-        augment=cfg.augment,
-        num_classes=num_classes,
-    )
-
-
 def load_training_source(cfg: RunConfig) -> ImageSource:
     d = cfg.data
     source = load_source(
@@ -189,15 +166,33 @@ class Trainer:
     """
 
     def __init__(
-        self, cfg: RunConfig, *, resume: bool = False, stop_at_step: int | None = None
+        self,
+        cfg: RunConfig,
+        *,
+        resume: bool = False,
+        stop_at_step: int | None = None,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         """``stop_at_step`` ends the run early after checkpointing that step (a planned
-        interruption, e.g. to fit a job into a time slot); ``--resume`` continues it exactly."""
+        interruption, e.g. to fit a job into a time slot); ``--resume`` continues it exactly.
+        ``callbacks`` run after the trainer's own at every hook (:mod:`selfsup.train.callbacks`);
+        ``train.knn_monitor`` needs :class:`selfsup.pretraining.OnlineKnn` among them (which
+        :func:`selfsup.pretraining.pretrain` adds)."""
         self.cfg = cfg
+        self.callbacks = list(callbacks)
         self.resume = resume
         self.stop_at_step = stop_at_step
         self.skipped_steps = 0
         self.run_dir = cfg.resolved_out_dir()
+        if cfg.train.knn_monitor.every_epochs and not any(
+            c.serves == "train.knn_monitor" for c in self.callbacks
+        ):
+            warnings.warn(
+                "train.knn_monitor.every_epochs is set but no callback runs the kNN monitor: "
+                "train with selfsup.pretrain(cfg) (as `selfsup train` does) or pass "
+                "callbacks=[selfsup.pretraining.OnlineKnn()]",
+                stacklevel=2,
+            )
 
     # ------------------------------------------------------------------ setup
     def _check_run_dir(self) -> None:
@@ -236,17 +231,7 @@ class Trainer:
         num_classes = int(source.labels.max()) + 1 if source.labels is not None else None
         method = build_method(cfg, image_size, source.num_channels, num_classes)
         method.check_global_batch(tcfg.batch_size)  # before the run directory is made
-        enc_meta = encoder_meta(
-            cfg.backbone,
-            image_size=image_size,
-            in_channels=method_cls.encoder_channels(source.num_channels),
-            normalize=cfg.normalize,
-            method=cfg.method,
-            feature_dim=method.encoder.feature_dim,
-            input_space=method_cls.input_space,
-            data_channels=source.num_channels,
-            channel_groups=method_cls.channel_groups,
-        )
+        enc_meta = method_encoder_meta(cfg, method, source.num_channels)
         if use_channels_last(device, tcfg.channels_last):
             method = method.to(memory_format=torch.channels_last)
             method.memory_format = torch.channels_last
@@ -282,7 +267,6 @@ class Trainer:
         ckpt_every = tcfg.checkpoint_every_steps or max(
             1, round(tcfg.checkpoint_every_epochs * steps_per_epoch)
         )
-        knn_every = tcfg.knn_monitor.every_epochs * steps_per_epoch
         pictures_every = tcfg.pictures_every_epochs * steps_per_epoch
         lr_peak = peak_lr(tcfg.optimizer, tcfg.batch_size)
 
@@ -325,11 +309,6 @@ class Trainer:
                     "skipped_files": len(source.skipped),
                 }
             )
-        monitor = (
-            _KnnMonitor(cfg, image_size, enc_meta["in_channels"], device, enc_meta["input_space"])
-            if (main and 0 < knn_every <= total_steps)
-            else None
-        )
 
         def checkpoint(step: int) -> None:
             if main:
@@ -376,6 +355,28 @@ class Trainer:
             grad_clip=tcfg.grad_clip,
             total_steps=total_steps,
         )
+        run = TrainingRun(
+            cfg=cfg,
+            run_dir=self.run_dir,
+            device=device,
+            is_main=main,
+            world_size=world,
+            source=source,
+            method=method,
+            model=model,
+            optimizer=optimizer,
+            scaler=scaler,
+            logger=logger,
+            progress=bar,
+            encoder_meta=enc_meta,
+            num_classes=num_classes,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps,
+            start_step=start_step,
+            step=start_step,
+        )
+        for callback in self.callbacks:
+            callback.on_fit_start(run)
 
         method.on_train_start(steps_per_epoch, total_steps)
         step, last_loss = start_step, float("nan")
@@ -457,16 +458,10 @@ class Trainer:
                         if pictures_every and main and step % pictures_every == 0:
                             write_pictures(method, source, self.run_dir, f"step{step:08d}", device)
                             model.train()
-                        if monitor is not None and step % knn_every == 0:
-                            result = monitor(method.encoder)
-                            logger.log(
-                                {"step": step, "epoch": step / steps_per_epoch, **result}, step
-                            )
-                            bar.write(
-                                f"step {step}: "
-                                + ", ".join(f"{k}={v:.4f}" for k, v in result.items())
-                            )
-                            model.train()
+                        run.step, run.lr, run.last_loss = step, lr, last_loss
+                        out = StepOutput(loss, metrics, applied, batch.global_size)
+                        for callback in self.callbacks:
+                            callback.on_step_end(run, out)
                         if step >= total_steps or step == self.stop_at_step:
                             break
                         if stop.should_stop(device):
@@ -503,6 +498,8 @@ class Trainer:
             }
             write_json(self.run_dir / "summary.json", summary)
             logger.log({"event": "end", **summary}, step)
+        for callback in self.callbacks:
+            callback.on_fit_end(run)
         logger.close()
         return TrainResult(self.run_dir, step, last_loss, rate, seconds, encoder_path)
 
@@ -517,88 +514,6 @@ def peak_memory(device: torch.device) -> dict[str, float]:
     if device.type == "cuda":
         out["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
-
-
-class _KnnMonitor:
-    """Online kNN accuracy of the current encoder on a labeled split (every N epochs)."""
-
-    def __init__(
-        self,
-        cfg: RunConfig,
-        image_size: int,
-        in_channels: int,
-        device: torch.device,
-        input_space: str = "rgb",
-    ) -> None:
-        """``in_channels`` / ``input_space``: what the encoder takes (``encoder.json``)."""
-        from selfsup.evaluate.protocols import load_eval_data
-
-        e = cfg.eval_data
-        source = e.source or cfg.data.source
-        self.data = load_eval_data(
-            source,
-            train_split=e.train_split,
-            test_split=e.test_split,
-            root=cfg.data.root,
-            image_size=cfg.data.image_size,
-            train_subset=e.train_subset,
-            test_subset=e.test_subset,
-            seed=cfg.seed,
-        )
-        self.cfg, self.image_size, self.in_channels, self.device = (
-            cfg,
-            image_size,
-            in_channels,
-            device,
-        )
-        self.input_space = input_space
-
-    def __call__(self, encoder: nn.Module) -> dict[str, float]:
-        from selfsup.evaluate.features import extract_features
-        from selfsup.evaluate.knn import knn_accuracy
-
-        kw = dict(
-            image_size=self.image_size,
-            normalize=self.cfg.normalize,
-            in_channels=self.in_channels,
-            device=self.device,
-            precision=self.cfg.train.precision,
-            input_space=self.input_space,
-        )
-        ftr = extract_features(encoder, self.data.train, **kw)  # type: ignore[arg-type]
-        fte = extract_features(encoder, self.data.test, **kw)  # type: ignore[arg-type]
-        k = self.cfg.train.knn_monitor.k
-        result = knn_accuracy(
-            ftr,
-            torch.as_tensor(self.data.train.labels),
-            fte,
-            torch.as_tensor(self.data.test.labels),
-            ks=(k,),
-            temperature=self.cfg.train.knn_monitor.temperature,
-            num_classes=self.data.num_classes,
-        )
-        return {f"online_{key}": value for key, value in result.items()}
-
-
-def write_pictures(
-    method: Method, source: ImageSource, run_dir: Path, tag: str, device: torch.device
-) -> list[Path]:
-    """Save the method's pictures of the first 8 images of ``source`` as
-    ``RUN/pictures/{name}_{tag}.png``."""
-    import numpy as np
-    from torchvision.utils import save_image
-
-    images = source.as_tensor_chw(np.arange(min(8, len(source)))).to(device)
-    method.eval()
-    pictures = method.pictures(images, torch.Generator(device=device).manual_seed(0))
-    paths = []
-    if pictures:
-        (run_dir / "pictures").mkdir(exist_ok=True)
-    for name, grid in pictures.items():
-        path = run_dir / "pictures" / f"{name}_{tag}.png"
-        save_image(grid.float().cpu(), path)
-        paths.append(path)
-    return paths
 
 
 def environment(seed: int, world_size: int, device: torch.device) -> dict[str, Any]:

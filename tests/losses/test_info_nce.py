@@ -3,7 +3,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from selfsup.losses import info_nce, nt_xent
+from selfsup.losses import info_nce, multiview_nt_xent, nt_xent
 
 
 def _cos(a, b):
@@ -69,3 +69,34 @@ def test_nt_xent_is_low_for_aligned_views_and_has_gradients():
     assert aligned < random
     aligned.backward()
     assert z.grad is not None and torch.isfinite(z.grad).all()
+
+
+def test_multiview_nt_xent_with_two_views_is_nt_xent():
+    torch.manual_seed(5)
+    z1, z2 = torch.randn(6, 4), torch.randn(6, 4)
+    assert torch.allclose(multiview_nt_xent(torch.stack([z1, z2]), 0.3), nt_xent(z1, z2, 0.3))
+
+
+def test_multiview_nt_xent_matches_a_loop_over_anchors_and_positives():
+    torch.manual_seed(6)
+    v, n, t = 3, 4, 0.4
+    z = torch.randn(v, n, 5)
+    flat = [(a, i) for a in range(v) for i in range(n)]
+    expected = 0.0
+    for a, i in flat:
+        den = sum(
+            math.exp(_cos(z[a, i], z[b, j]) / t) for b, j in flat if (b, j) != (a, i)
+        )
+        for b in range(v):
+            if b != a:
+                expected += -math.log(math.exp(_cos(z[a, i], z[b, i]) / t) / den) / (v - 1)
+    expected /= v * n
+    assert abs(multiview_nt_xent(z, t).item() - expected) < 1e-5
+
+
+def test_multiview_nt_xent_sharded_mean_equals_global_loss():
+    torch.manual_seed(7)
+    z = torch.randn(4, 8, 5)
+    full = multiview_nt_xent(z, 0.3)
+    shards = [multiview_nt_xent(z[:, s : s + 4], 0.3, all_views=z, offset=s) for s in (0, 4)]
+    assert torch.allclose(sum(shards) / 2, full, atol=1e-6)

@@ -29,6 +29,7 @@ from selfsup.augment.presets import (
     build_pipeline,
     crop_flip_pipeline,
     list_pipelines,
+    recrop_pipeline,
     register_pipeline,
 )
 from selfsup.augment.transforms import (
@@ -66,6 +67,7 @@ __all__ = [
     "slice_params",
     "build_pipeline",
     "crop_flip_pipeline",
+    "recrop_pipeline",
     "list_pipelines",
     "register_pipeline",
     "blur_kernel_size",

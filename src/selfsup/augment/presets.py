@@ -23,6 +23,7 @@ from selfsup.augment.transforms import (
     RandomGrayscale,
     RandomHorizontalFlip,
     RandomResizedCrop,
+    RandomSolarize,
     Resize,
     ToFloat,
     Transform,
@@ -38,6 +39,7 @@ __all__ = [
     "register_pipeline",
     "blur_kernel_size",
     "crop_flip_pipeline",
+    "recrop_pipeline",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -162,3 +164,30 @@ def crop_flip_pipeline(
 def _eval(size: int, mean: Sequence[float], std: Sequence[float]) -> Compose:
     """Evaluation view: ToFloat, Resize to ``(size, size)`` (no-op if already), normalise."""
     return Compose([ToFloat(), Resize(size), Normalize(mean, std)])
+
+
+def recrop_pipeline(
+    base: Compose,
+    size: int,
+    scale: tuple[float, float],
+    *,
+    blur_p: float | None = None,
+    solarize_p: float = 0.0,
+) -> Compose:
+    """``base`` with its random crop (or resize) replaced by one to ``size`` at ``scale``, its
+    blur kernel sized for ``size`` (probability ``blur_p`` when given) and, when
+    ``solarize_p > 0``, a :class:`RandomSolarize` inserted before the normalisation."""
+    ops = []
+    for t in base.transforms:
+        if isinstance(t, RandomResizedCrop):
+            t = RandomResizedCrop(size, scale=scale, ratio=t.ratio, antialias=t.antialias)
+        elif isinstance(t, Resize):
+            t = Resize(size)
+        elif isinstance(t, GaussianBlur):
+            p = t.p if blur_p is None else blur_p
+            t = GaussianBlur(blur_kernel_size(size), sigma=t.sigma, p=p)
+        ops.append(t)
+    if solarize_p > 0:
+        where = next((i for i, t in enumerate(ops) if isinstance(t, Normalize)), len(ops))
+        ops.insert(where, RandomSolarize(0.5, p=solarize_p))
+    return Compose(ops)

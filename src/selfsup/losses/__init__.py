@@ -2,7 +2,7 @@
 
 from selfsup.losses.cosine import negative_cosine, normalized_mse
 from selfsup.losses.dino import dino_loss, dino_teacher_probs
-from selfsup.losses.info_nce import info_nce, nt_xent
+from selfsup.losses.info_nce import info_nce, multiview_nt_xent, nt_xent
 from selfsup.losses.redundancy import (
     barlow_twins_loss,
     cross_correlation,
@@ -17,6 +17,7 @@ __all__ = [
     "dino_loss",
     "dino_teacher_probs",
     "info_nce",
+    "multiview_nt_xent",
     "negative_cosine",
     "normalized_mse",
     "nt_xent",

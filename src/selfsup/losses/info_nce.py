@@ -86,3 +86,57 @@ def nt_xent(
     positive_index = torch.cat([rows + g, rows])
     logits = logits.masked_fill(F.one_hot(self_index, 2 * g).bool(), torch.finfo(logits.dtype).min)
     return F.cross_entropy(logits, positive_index)
+
+
+@full_precision
+def multiview_nt_xent(
+    views: Tensor,
+    temperature: float = 0.5,
+    *,
+    all_views: Tensor | None = None,
+    offset: int = 0,
+) -> Tensor:
+    """NT-Xent over V >= 2 views per image (multi-crop contrastive learning).
+
+    Every view is an anchor; its positives are the V - 1 other views of the same image and its
+    denominator runs over every other view of the global batch. The anchor's loss is the mean
+    over its positives of ``-log(exp(s_ap / t) / sum_{k != a} exp(s_ak / t))`` (cosine
+    similarities ``s``), and the result is the mean over anchors. With V = 2 this is exactly
+    :func:`nt_xent`.
+
+    Args:
+        views: (V, n, D) embeddings of this process's n images, V views each.
+        temperature: softmax temperature.
+        all_views: (V, G, D) the views of the global batch (gathered with gradients under data
+            parallelism); default ``views``.
+        offset: index of this process's first image in ``all_views``.
+
+    Returns:
+        Scalar loss (mean over this process's V * n anchors).
+
+    Example::
+
+        z = torch.randn(4, 32, 128)      # 2 global + 2 local crops of 32 images
+        loss = multiview_nt_xent(z, 0.2)
+    """
+    if all_views is None:
+        all_views = views
+    v, n, _ = views.shape
+    g = all_views.shape[1]
+    if v < 2:
+        raise ValueError(f"multiview_nt_xent needs at least 2 views per image, got {v}")
+    queries = F.normalize(views, dim=-1).reshape(v * n, -1)  # (V n, D), view-major
+    keys = F.normalize(all_views, dim=-1).reshape(v * g, -1)  # (V G, D)
+    logits = queries @ keys.T / temperature  # (V n, V G)
+    image = (torch.arange(n, device=views.device) + offset).repeat(v)  # image of each query
+    view = torch.arange(v, device=views.device).repeat_interleave(n)
+    self_index = view * g + image
+    logits = logits.masked_fill(
+        F.one_hot(self_index, v * g).bool(), torch.finfo(logits.dtype).min
+    )
+    log_prob = F.log_softmax(logits, dim=1)  # (V n, V G)
+    # positives of query (view u, image i): columns (w, i) for every w != u
+    positive_cols = torch.arange(v, device=views.device)[None, :] * g + image[:, None]  # (Vn, V)
+    positive = log_prob.gather(1, positive_cols)  # (V n, V), includes the query itself
+    not_self = torch.arange(v, device=views.device)[None, :] != view[:, None]
+    return -(positive * not_self).sum() / (v * n * (v - 1))

@@ -37,15 +37,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from selfsup.augment import (
-    Compose,
-    GaussianBlur,
-    Normalize,
-    RandomResizedCrop,
-    RandomSolarize,
-    Resize,
-    blur_kernel_size,
-)
+from selfsup.augment import GaussianBlur, recrop_pipeline
 from selfsup.heads.dino import DINOHead
 from selfsup.losses.dino import dino_loss, dino_teacher_probs
 from selfsup.methods.base import Method, MethodConfig, StepResult
@@ -88,33 +80,6 @@ class DINOConfig(MethodConfig):
     """Cancel the prototype layer's gradients for this many first epochs (0: never)."""
 
 
-def _crop_pipeline(
-    base: Compose,
-    size: int,
-    scale: tuple[float, float],
-    *,
-    blur_p: float | None = None,
-    solarize_p: float = 0.0,
-) -> Compose:
-    """``base`` with its random crop (or resize) replaced by one to ``size`` at ``scale``, its
-    blur kernel sized for ``size`` (probability ``blur_p`` when given) and, when
-    ``solarize_p > 0``, a :class:`RandomSolarize` inserted before the normalisation."""
-    ops = []
-    for t in base.transforms:
-        if isinstance(t, RandomResizedCrop):
-            t = RandomResizedCrop(size, scale=scale, ratio=t.ratio, antialias=t.antialias)
-        elif isinstance(t, Resize):
-            t = Resize(size)
-        elif isinstance(t, GaussianBlur):
-            p = t.p if blur_p is None else blur_p
-            t = GaussianBlur(blur_kernel_size(size), sigma=t.sigma, p=p)
-        ops.append(t)
-    if solarize_p > 0:
-        where = next((i for i, t in enumerate(ops) if isinstance(t, Normalize)), len(ops))
-        ops.insert(where, RandomSolarize(0.5, p=solarize_p))
-    return Compose(ops)
-
-
 class DINO(Method):
     name = "dino"
     family = "self-distillation"
@@ -145,8 +110,8 @@ class DINO(Method):
         blurs = any(isinstance(t, GaussianBlur) for t in self.pipeline.transforms)
         b1, b2 = cfg.global_blur_probs if blurs else (None, None)
         self.global_pipelines = [
-            _crop_pipeline(self.pipeline, self.image_size, cfg.global_crop_scale, blur_p=b1),
-            _crop_pipeline(
+            recrop_pipeline(self.pipeline, self.image_size, cfg.global_crop_scale, blur_p=b1),
+            recrop_pipeline(
                 self.pipeline,
                 self.image_size,
                 cfg.global_crop_scale,
@@ -154,7 +119,7 @@ class DINO(Method):
                 solarize_p=cfg.solarize_prob,
             ),
         ]
-        self.local_pipeline = _crop_pipeline(
+        self.local_pipeline = recrop_pipeline(
             self.pipeline, self.local_crop_size, cfg.local_crop_scale
         )
 

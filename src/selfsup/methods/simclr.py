@@ -2,6 +2,12 @@
 
 Negatives are every other view in the *global* batch: under data parallelism the projections
 are gathered from every process with gradients, so the loss equals the single-process loss.
+
+**Multi-crop (an extension, off by default).** With ``num_local_crops = k > 0`` each image also
+gives k small crops (``local_crop_size`` pixels, area ``local_crop_scale``) made by the same
+pipeline with its crop swapped (as in SwAV and DINO), and the loss becomes the multi-view
+NT-Xent (:func:`~selfsup.losses.multiview_nt_xent`): every view's positives are the other
+views of its image. With k = 0 this is exactly the paper's loss.
 """
 
 from __future__ import annotations
@@ -10,8 +16,9 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from selfsup.augment import recrop_pipeline
 from selfsup.heads import ProjectionHead
-from selfsup.losses import nt_xent
+from selfsup.losses import multiview_nt_xent, nt_xent
 from selfsup.methods.base import Method, MethodConfig, PositiveRetrieval, StepResult
 from selfsup.methods.monitor import collapse_metrics
 from selfsup.utils.distributed import gather_with_grad
@@ -22,6 +29,12 @@ class SimCLRConfig(MethodConfig):
     proj_hidden_dim: int = Field(default=2048, gt=0)
     proj_out_dim: int = Field(default=128, gt=0)
     proj_layers: int = Field(default=2, ge=1)
+    num_local_crops: int = Field(default=0, ge=0)
+    """Extra small crops per image (multi-crop); 0 = the paper's two views."""
+    local_crop_size: int | None = Field(default=None, gt=0)
+    """Side of the local crops; None: ``image_size // 2``."""
+    local_crop_scale: tuple[float, float] = (0.05, 0.4)
+    """Crop area range of the local crops."""
 
 
 class SimCLR(PositiveRetrieval, Method):
@@ -38,6 +51,12 @@ class SimCLR(PositiveRetrieval, Method):
         self.projector = ProjectionHead(
             encoder.feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim, cfg.proj_layers
         )
+        local_size = cfg.local_crop_size or max(1, self.image_size // 2)
+        self.local_pipeline = (
+            recrop_pipeline(self.pipeline, local_size, cfg.local_crop_scale)
+            if cfg.num_local_crops
+            else None
+        )
 
     def forward(  # type: ignore[override]
         self,
@@ -53,8 +72,26 @@ class SimCLR(PositiveRetrieval, Method):
         features = self.encoder(torch.cat([x1, x2]))
         z = self.projector(features).float()
         z1, z2 = z[:n], z[n:]
-        all_z1, all_z2 = gather_with_grad(z1), gather_with_grad(z2)
-        loss = nt_xent(z1, z2, self.cfg.temperature, all_z1=all_z1, all_z2=all_z2, offset=offset)
+        if self.local_pipeline is None:
+            all_z1, all_z2 = gather_with_grad(z1), gather_with_grad(z2)
+            loss = nt_xent(
+                z1, z2, self.cfg.temperature, all_z1=all_z1, all_z2=all_z2, offset=offset
+            )
+        else:
+            local = torch.cat(
+                [
+                    self.local_pipeline(
+                        images, generator, global_size=global_size, offset=offset
+                    ).contiguous(memory_format=self.memory_format)
+                    for _ in range(self.cfg.num_local_crops)
+                ]
+            )
+            z_local = self.projector(self.encoder(local)).float()
+            views = torch.cat([z, z_local]).view(-1, n, z.shape[1])  # (2 + k, n, D)
+            all_views = gather_with_grad(views.transpose(0, 1)).transpose(0, 1)
+            loss = multiview_nt_xent(
+                views, self.cfg.temperature, all_views=all_views, offset=offset
+            )
         with torch.no_grad():
             zn = torch.nn.functional.normalize(z, dim=1)
             positive_cos = (zn[:n] * zn[n:]).sum(1).mean()

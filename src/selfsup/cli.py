@@ -123,6 +123,7 @@ def _eval_data(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         train_subset=args.train_subset,
         test_subset=args.test_subset,
         seed=args.seed,
+        holdout=args.holdout,
     )
 
 
@@ -319,6 +320,12 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int)
     p.add_argument("--train-subset", type=int)
     p.add_argument("--test-subset", type=int)
+    p.add_argument(
+        "--holdout",
+        type=int,
+        help="validate instead of test: queries are the N held-out images of the train split "
+        "(those a run with data.holdout=N never saw), the bank the rest",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,6 +42,10 @@ class DataConfig(Section):
     """Resolution images are decoded to (folders) or resized to; None keeps the source's."""
     subset: int | None = Field(default=None, gt=0)
     """Use a seeded random subset of this many images."""
+    holdout: int | None = Field(default=None, gt=0)
+    """Keep this many images out of training as a validation set (class-balanced when
+    labeled, a fixed seed whatever ``seed`` is; see :func:`selfsup.data.holdout_split`).
+    Evaluate on them with ``selfsup eval ... --holdout N`` to tune without the test set."""
     cache_dir: str | None = None
     download: bool = False
     grayscale: bool = False

@@ -76,3 +76,24 @@ def test_simclr_positive_retrieval_metric():
     g = torch.Generator().manual_seed(0)
     a = m.pretext_metrics(images, g)["positive_retrieval_top1"]
     assert 0.0 <= a < 1.0
+
+
+def test_simclr_multicrop_loss_is_multiview_nt_xent_over_global_and_local_crops():
+    from selfsup.losses import multiview_nt_xent
+
+    cfg = SimCLR.Config(proj_hidden_dim=32, proj_out_dim=8, num_local_crops=2, local_crop_size=8)
+    torch.manual_seed(0)
+    m = SimCLR(build_backbone("resnet_tiny"), cfg, image_size=16, mean=(0.5,) * 3,
+               std=(0.25,) * 3).eval()  # eval: BatchNorm does not mix the two forwards below
+    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    loss, _ = m(images, None, torch.Generator().manual_seed(3))
+    # the same draws, by hand: two global views, then two 8 px local crops
+    g = torch.Generator().manual_seed(3)
+    globals_ = [m.views(images, g, None, 0) for _ in range(2)]
+    locals_ = [m.local_pipeline(images, g) for _ in range(2)]
+    assert locals_[0].shape == (6, 3, 8, 8)
+    z = torch.stack([m.projector(m.encoder(x)) for x in globals_ + locals_])
+    expected = multiview_nt_xent(z, cfg.temperature)
+    assert torch.allclose(loss, expected, atol=1e-5)
+    # and with no local crops the method is the paper's two-view NT-Xent
+    assert SimCLR.Config().num_local_crops == 0

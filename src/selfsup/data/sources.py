@@ -228,6 +228,32 @@ def balanced_subset_indices(
     return np.sort(idx[order[:n]]).astype(np.int64)
 
 
+HOLDOUT_SEED = 0
+"""Seed of every held-out validation split: fixed, so that runs with different ``seed`` values
+are tuned and compared on the same held-out images."""
+
+
+def holdout_split(source: ImageSource, n: int) -> tuple[ImageSource, ImageSource]:
+    """Split ``source`` into (training part, ``n`` held-out images) for validation.
+
+    The held-out images are class-balanced when the source has labels
+    (:func:`balanced_subset_indices`), a random subset otherwise, always drawn with
+    :data:`HOLDOUT_SEED`. Hyper-parameters chosen on the held-out part never see a test set
+    (e.g. CIFAR-10: 45,000 training / 5,000 validation images of the train split).
+    """
+    if not 0 < n < len(source):
+        raise ValueError(
+            f"holdout={n} must be between 1 and {len(source) - 1} "
+            f"({len(source)} images in {source.name})"
+        )
+    if source.labels is not None:
+        held = balanced_subset_indices(source.labels, n, HOLDOUT_SEED)
+    else:
+        held = np.sort(random_subset_indices(len(source), n, HOLDOUT_SEED))
+    keep = np.setdiff1d(np.arange(len(source)), held)
+    return source.subset(keep), source.subset(held)
+
+
 # --------------------------------------------------------------------------------------
 # Small utilities
 # --------------------------------------------------------------------------------------

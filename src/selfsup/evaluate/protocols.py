@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from selfsup.data import ImageSource, load_source, random_subset_indices
+from selfsup.data import ImageSource, holdout_split, load_source, random_subset_indices
 from selfsup.evaluate.features import cached_features
 from selfsup.evaluate.knn import knn_accuracy
 from selfsup.evaluate.linear import linear_probe
@@ -41,10 +41,21 @@ def load_eval_data(
     train_subset: int | None = None,
     test_subset: int | None = None,
     seed: int = 0,
+    holdout: int | None = None,
 ) -> EvalData:
-    """Load the two labeled splits (``test_source`` defaults to ``source``)."""
+    """Load the two labeled splits (``test_source`` defaults to ``source``).
+
+    With ``holdout=N`` the test split is not read: the N held-out images of the train split
+    (:func:`selfsup.data.holdout_split`, the images a run with ``data.holdout=N`` never
+    trained on) are the queries and the rest of the train split is the bank.
+    """
     train = load_source(source, split=train_split, root=root, image_size=image_size)
-    test = load_source(test_source or source, split=test_split, root=root, image_size=image_size)
+    if holdout is not None:
+        train, test = holdout_split(train, holdout)
+    else:
+        test = load_source(
+            test_source or source, split=test_split, root=root, image_size=image_size
+        )
     for name, split in (("train", train), ("test", test)):
         if split.labels is None:
             raise ValueError(
@@ -57,6 +68,8 @@ def load_eval_data(
     key = (
         f"{source}:{train_split}:{train_subset}|{test_source or source}:{test_split}:{test_subset}"
     )
+    if holdout is not None:
+        key = f"{source}:{train_split}:holdout{holdout}:{train_subset}|{test_subset}"
     return EvalData(train, test, key)
 
 

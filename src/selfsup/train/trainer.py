@@ -25,7 +25,13 @@ from torch import nn
 from tqdm import tqdm
 
 from selfsup.config import RunConfig, TrainConfig, dump_config
-from selfsup.data import BatchLoader, ImageSource, load_source, random_subset_indices
+from selfsup.data import (
+    BatchLoader,
+    ImageSource,
+    holdout_split,
+    load_source,
+    random_subset_indices,
+)
 from selfsup.errors import TrainingError, TrainingInterrupted
 from selfsup.methods import Method, get_method
 from selfsup.models import build_method, method_encoder_meta, write_pictures
@@ -151,6 +157,8 @@ def load_training_source(cfg: RunConfig) -> ImageSource:
         download=d.download,
         grayscale=d.grayscale,
     )
+    if d.holdout is not None:
+        source, _ = holdout_split(source, d.holdout)
     if d.subset is not None and d.subset < len(source):
         source = source.subset(random_subset_indices(len(source), d.subset, cfg.seed))
     return source

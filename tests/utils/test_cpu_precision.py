@@ -1,0 +1,72 @@
+"""precision=auto picks bf16 only where the CPU has native bf16; the CPU class is read from
+the flags the OS reports (mocked here: every CPU class without needing the hardware)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from selfsup.utils import precision
+from selfsup.utils.precision import autocast_dtype, cpu_info, use_channels_last
+
+AVX2_EPYC = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 7B12
+flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma avx2 bmi2
+"""
+ZEN4 = AVX2_EPYC.replace("7B12", "9B14").replace("bmi2", "bmi2 avx512f avx512bw avx512_bf16")
+SAPPHIRE_RAPIDS = """model name\t: Intel(R) Xeon(R) Platinum 8481C
+flags\t\t: avx2 avx512f avx512_bf16 avx512_fp16 amx_bf16 amx_tile amx_int8
+"""
+GRAVITON3 = """processor\t: 0
+BogoMIPS\t: 2100.00
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics sve i8mm bf16 svebf16
+CPU implementer\t: 0x41
+"""
+GRAVITON2 = """processor\t: 0
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp
+"""
+
+
+@pytest.mark.parametrize(
+    "text, native, flags",
+    [
+        (AVX2_EPYC, False, ["avx2"]),
+        (ZEN4, True, ["avx2", "avx512f", "avx512_bf16"]),
+        (SAPPHIRE_RAPIDS, True, ["avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile",
+                                 "amx_bf16"]),
+        (GRAVITON3, True, ["asimd", "sve", "bf16", "i8mm"]),
+        (GRAVITON2, False, ["asimd"]),
+    ],
+    ids=["avx2", "zen4", "sapphire-rapids", "graviton3", "graviton2"],
+)
+def test_cpu_class_from_reported_flags(text, native, flags):
+    info = cpu_info(text)
+    assert info["native_bf16"] is native
+    assert info["flags"] == flags
+    assert info["model"]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_follows_native_bf16(monkeypatch, native):
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, "auto") == (torch.bfloat16 if native else None)
+    assert use_channels_last(cpu, "auto") is native
+    # explicit settings are obeyed whatever the CPU
+    assert autocast_dtype(cpu, "fp32") is None
+    assert autocast_dtype(cpu, "bf16") == torch.bfloat16
+
+
+@pytest.mark.parametrize("text, expected", [(AVX2_EPYC, False), (GRAVITON3, True)])
+def test_native_bf16_falls_back_to_the_os_flags_when_torch_does_not_know(
+    monkeypatch, text, expected
+):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(precision, "cpu_info", lambda: cpu_info(text))
+    precision.cpu_has_fast_bf16.cache_clear()
+    try:
+        assert precision.cpu_has_fast_bf16() is expected
+    finally:
+        precision.cpu_has_fast_bf16.cache_clear()

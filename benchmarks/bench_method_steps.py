@@ -153,9 +153,8 @@ class MethodBench:
     amp: torch.dtype | None
     batches: list[tuple[Tensor, Tensor]]
     total_steps: int
-    warmup_steps: int
     start_step: int
-    lr_peak: float
+    lr_schedule: Any
     train_step: Any
     encoder_calls: list[tuple[int, ...]] = field(default_factory=list)
     bare_encoder: nn.Module | None = None
@@ -172,16 +171,12 @@ class MethodBench:
     def step(self, i: int) -> None:
         """One Trainer training step: the LR schedule, then ``selfsup.train.TrainStep``
         (the code ``Trainer.fit`` runs)."""
-        from selfsup.train.optim import lr_at, set_lr
+        from selfsup.train.schedule import Progress
 
-        tcfg = self.cfg.train
         step = self.start_step + self.steps_run % max(1, self.total_steps - self.start_step)
         self.steps_run += 1
         images, labels = self.batches[i % len(self.batches)]
-        set_lr(
-            self.optimizer, self.lr_peak,
-            lr_at(step, self.total_steps, self.warmup_steps, tcfg.schedule),
-        )  # fmt: skip
+        self.lr_schedule.apply(self.optimizer, Progress(step, self.total_steps))
         _, _, applied = self.train_step(images, labels, len(images), 0, step)
         if not applied:
             self.nonfinite_steps += 1
@@ -266,6 +261,7 @@ def build_bench(
     from selfsup.models import build_method
     from selfsup.train import TrainStep
     from selfsup.train.optim import build_optimizer, peak_lr
+    from selfsup.train.schedule import LRSchedule
 
     B = args.batch_size
     cuda = device.type == "cuda"
@@ -318,9 +314,12 @@ def build_bench(
         amp=amp,
         batches=batches,
         total_steps=total_steps,
-        warmup_steps=round(cfg.train.schedule.warmup_epochs * steps_per_epoch),
         start_step=total_steps // 2,
-        lr_peak=peak_lr(cfg.train.optimizer, B),
+        lr_schedule=LRSchedule(
+            cfg.train.schedule,
+            peak=peak_lr(cfg.train.optimizer, B),
+            warmup=round(cfg.train.schedule.warmup_epochs * steps_per_epoch),
+        ),
         train_step=train_step,
     )
     bench.build_bare(memory_format)

@@ -57,9 +57,7 @@ class OnlineKnn(Callback):
             return
         result = self.measure(run)
         run.log({"step": run.step, "epoch": run.epoch, **result})
-        run.progress.write(
-            f"step {run.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in result.items())
-        )
+        run.write(f"step {run.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in result.items()))
         run.model.train()
 
     def measure(self, run: TrainingRun) -> dict[str, float]:

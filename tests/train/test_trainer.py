@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from safetensors.torch import load_file
 from selfsup.config import load_config
 from selfsup.errors import TrainingError
 from selfsup.pretraining import pretrain
-from selfsup.train import Trainer
+from selfsup.train import Callback, Trainer
 from selfsup.utils.io import latest_checkpoint
 
 
@@ -34,6 +35,7 @@ def tiny_cfg(data_path, out_dir, *extra):
             "method_args.proj_hidden_dim=32",
             "method_args.proj_out_dim=16",
             "train.num_threads=1",
+            "train.knn_monitor.every_epochs=0",
             *extra,
         ],
     )
@@ -253,3 +255,28 @@ def test_two_process_run_resumes_to_the_single_process_result(tiny_npz, tmp_path
     for key in a:
         np.testing.assert_allclose(b[key].numpy(), a[key].numpy(), rtol=1e-3, atol=1e-5,
                                    err_msg=key)
+
+
+class Recorder(Callback):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int]] = []
+
+    def on_fit_start(self, run) -> None:
+        self.events.append(("start", run.step))
+
+    def on_step_end(self, run, out) -> None:
+        assert out.applied and out.images == 16 and math.isfinite(float(out.loss))
+        assert run.model.training  # the trainer's own callbacks put the model back in train mode
+        self.events.append(("step", run.step))
+
+    def on_fit_end(self, run) -> None:
+        self.events.append(("end", run.step))
+
+
+def test_callbacks_see_every_step_once_in_order_across_a_resume(tiny_npz, tmp_path):
+    first, second = Recorder(), Recorder()
+    cfg = tiny_cfg(tiny_npz, tmp_path / "run", "train.pictures_every_epochs=1")
+    Trainer(cfg, stop_at_step=3, callbacks=[first]).fit()
+    Trainer(cfg, resume=True, callbacks=[second]).fit()  # 64 images / 16 = 4 steps x 2 epochs
+    assert first.events == [("start", 0), ("step", 1), ("step", 2), ("step", 3), ("end", 3)]
+    assert second.events == [("start", 3), *[("step", s) for s in range(4, 9)], ("end", 8)]

@@ -5,7 +5,8 @@ Everything here is tolerant: a missing, empty or partly written file only adds a
 
 A :class:`Column` is one run directory or one evaluation result that matched no run (a
 ``random:...`` baseline, an encoder file); :func:`metric_rows` turns the columns into the rows
-of the comparison table, :func:`build_report` writes ``index.html`` and ``report.md``.
+of the comparison table; :func:`selfsup.report.build_report` writes ``index.html`` and
+``report.md``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Write a report: collect the runs and results (:mod:`selfsup.report.build`), render them
-(:mod:`selfsup.report.html`)."""
+"""Write a report: collect the runs and results (:mod:`selfsup.report.build`), draw the charts
+(:mod:`selfsup.report.charts`), render the pages (:mod:`selfsup.report.render`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from selfsup.report.build import collect, copy_assets, metric_rows
-from selfsup.report.html import render_html, render_markdown
+from selfsup.report.charts import charts
+from selfsup.report.render import render_html, render_markdown
 
 
 def build_report(
@@ -31,8 +32,9 @@ def build_report(
     rows = metric_rows(columns)
     copy_assets(columns, out_dir)
     html_path, md_path = out_dir / "index.html", out_dir / "report.md"
-    html_path.write_text(render_html(columns, rows, notes, title=title), encoding="utf-8")
-    md_path.write_text(
-        render_markdown(columns, rows, notes, out_dir, title=title), encoding="utf-8"
-    )
+    drawn = charts(columns)  # once, for both pages
+    html = render_html(columns, rows, notes, title=title, chart_list=drawn)
+    html_path.write_text(html, encoding="utf-8")
+    md = render_markdown(columns, rows, notes, out_dir, title=title, chart_list=drawn)
+    md_path.write_text(md, encoding="utf-8")
     return html_path, md_path

@@ -1,14 +1,15 @@
-"""Optimizers (SGD, LARS, AdamW) and the learning-rate schedule."""
+"""Optimizers (SGD, LARS, AdamW) and their peak learning rate (the schedule is in
+:mod:`selfsup.train.schedule`)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
 
-from selfsup.config import OptimizerConfig, ScheduleConfig
+from selfsup.config import OptimizerConfig
+from selfsup.train.schedule import lr_at, set_lr  # noqa: F401  (they lived here)
 
 
 class LARS(torch.optim.Optimizer):
@@ -155,25 +156,5 @@ def build_optimizer(
 
 
 def peak_lr(cfg: OptimizerConfig, global_batch_size: int) -> float:
+    """``cfg.lr``, or ``cfg.base_lr`` scaled linearly with the global batch (per 256)."""
     return cfg.lr if cfg.lr is not None else cfg.base_lr * global_batch_size / 256
-
-
-def lr_at(step: int, total_steps: int, warmup_steps: int, cfg: ScheduleConfig) -> float:
-    """Multiplier of the peak LR at ``step``: linear warmup, then cosine (or constant)."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if cfg.name == "constant":
-        return 1.0
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    floor = cfg.final_lr_fraction
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def set_lr(optimizer: torch.optim.Optimizer, peak: float, multiplier: float) -> float:
-    """Set every group's lr to ``peak * multiplier`` (times the group's ``lr_scale``, if any);
-    returns ``peak * multiplier``."""
-    lr = peak * multiplier
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
-    return lr

@@ -1,11 +1,12 @@
 """The training loop. It knows nothing about any method.
 
-Device, precision (bf16/fp16 autocast, channels_last), optional ``torch.compile``, DDP under
-torchrun, LR schedule, gradient clipping, checkpoint/resume, JSONL/TensorBoard metrics, a
-progress bar, and callbacks (:mod:`selfsup.train.callbacks`; the online kNN monitor is one, wired
-in by :func:`selfsup.pretraining.pretrain`). Randomness is derived from ``(seed, step)``,
-and the data order from ``(seed, epoch)``, so a resumed run continues exactly where the
-interrupted one stopped.
+:meth:`Trainer.fit` reads top to bottom: set the run up (device, DDP, data, method, optimizer,
+resume), then for every batch set the learning rate for the run's progress, take one
+:class:`TrainStep`, hand the result to the callbacks (metrics, progress bar, collapse monitor,
+pictures, and those given to the trainer, such as the online kNN monitor wired in by
+:func:`selfsup.pretraining.pretrain`), stop or checkpoint; then the final checkpoint, encoder
+and summary. Randomness is derived from ``(seed, step)`` and the data order from
+``(seed, epoch)``, so a resumed run continues exactly where the interrupted one stopped.
 """
 
 from __future__ import annotations
@@ -15,17 +16,17 @@ import math
 import signal
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from selfsup.config import RunConfig, TrainConfig, dump_config
+from selfsup.config import RunConfig, dump_config
 from selfsup.data import (
+    Batch,
     BatchLoader,
     ImageSource,
     holdout_split,
@@ -34,10 +35,22 @@ from selfsup.data import (
 )
 from selfsup.errors import TrainingError, TrainingInterrupted
 from selfsup.methods import Method, get_method
-from selfsup.models import build_method, method_encoder_meta, write_pictures
-from selfsup.train.callbacks import Callback, StepOutput, TrainingRun
+from selfsup.models import build_method, method_encoder_meta
+from selfsup.models import write_pictures as write_pictures  # an alias; it lives in models
+from selfsup.train.callbacks import (
+    Callback,
+    CollapseMonitor,
+    LogMetrics,
+    Pictures,
+    ProgressBar,
+    StepOutput,
+    TrainingRun,
+)
+from selfsup.train.callbacks import CollapseWarning as CollapseWarning  # aliases: they
+from selfsup.train.callbacks import collapse_reason as collapse_reason  # live in callbacks
 from selfsup.train.metrics_log import MetricsLogger
-from selfsup.train.optim import build_optimizer, lr_at, peak_lr, set_lr
+from selfsup.train.optim import build_optimizer, peak_lr
+from selfsup.train.schedule import LRSchedule, Progress
 from selfsup.train.signals import StopRequest
 from selfsup.utils import distributed as dist_utils
 from selfsup.utils.io import (
@@ -50,28 +63,10 @@ from selfsup.utils.io import (
 from selfsup.utils.precision import autocast_dtype, use_channels_last
 
 
-class CollapseWarning(UserWarning):
-    """The embeddings are collapsing towards a constant."""
-
-
-def collapse_reason(metrics: dict[str, Any], tcfg: TrainConfig) -> str | None:
-    """Why a step's metrics look like collapse, or None: ``embedding_spread`` (1 spread, 0
-    collapsed) under ``train.collapse_threshold``, or ``effective_rank`` (1 = every embedding on
-    one direction) under ``train.collapse_min_effective_rank``. Metrics a method does not
-    report are not checked."""
-    if "embedding_spread" in metrics:
-        spread = float(metrics["embedding_spread"])
-        if spread < tcfg.collapse_threshold:
-            return f"embedding spread {spread:.4f} < {tcfg.collapse_threshold}"
-    if "effective_rank" in metrics:
-        rank = float(metrics["effective_rank"])
-        if rank < tcfg.collapse_min_effective_rank:
-            return f"effective rank {rank:.3f} < {tcfg.collapse_min_effective_rank}"
-    return None
-
-
 @dataclass
 class TrainResult:
+    """What a finished :meth:`Trainer.fit` returns."""
+
     run_dir: Path
     steps: int
     final_loss: float
@@ -187,10 +182,9 @@ class Trainer:
         ``train.knn_monitor`` needs :class:`selfsup.pretraining.OnlineKnn` among them (which
         :func:`selfsup.pretraining.pretrain` adds)."""
         self.cfg = cfg
-        self.callbacks = list(callbacks)
         self.resume = resume
         self.stop_at_step = stop_at_step
-        self.skipped_steps = 0
+        self.callbacks = list(callbacks)
         self.run_dir = cfg.resolved_out_dir()
         if cfg.train.knn_monitor.every_epochs and not any(
             c.serves == "train.knn_monitor" for c in self.callbacks
@@ -202,100 +196,284 @@ class Trainer:
                 stacklevel=2,
             )
 
-    # ------------------------------------------------------------------ setup
-    def _check_run_dir(self) -> None:
-        if not self.resume and latest_checkpoint(self.run_dir) is not None:
-            raise TrainingError(
-                f"{self.run_dir} already holds checkpoints; pass --resume to continue that run "
-                "or set out_dir=... to start a new one"
-            )
-
+    # ------------------------------------------------------------------ the loop
     def fit(self) -> TrainResult:
+        """Train to the end of the schedule (or to ``stop_at_step``), checkpointing on the way;
+        with ``resume``, from the run's last checkpoint."""
+        run = self._set_up()
+        self.progress_bar = ProgressBar()
+        callbacks = [LogMetrics(), self.progress_bar, CollapseMonitor(), Pictures()]
+        callbacks += self.callbacks
+        for callback in callbacks:
+            callback.on_fit_start(run)
+        run.method.on_train_start(run.steps_per_epoch, run.total_steps)
+        run.model.train()
+        run.started = time.perf_counter()
+        with StopRequest() as stop, contextlib.closing(self._batches(run)) as batches:
+            for batch in batches:
+                run.lr = self.lr_schedule.apply(run.optimizer, self.progress(run))
+                loss, metrics, applied = self.train_step(
+                    batch.images, batch.labels, batch.global_size, batch.offset, run.step
+                )
+                if not applied:
+                    self._skip_nonfinite_step(run, loss, metrics)
+                run.step += 1
+                out = StepOutput(loss, metrics, applied, batch.global_size)
+                for callback in callbacks:
+                    callback.on_step_end(run, out)
+                if self.progress(run).fraction >= 1 or run.step == self.stop_at_step:
+                    break
+                if stop.should_stop(run.device):
+                    self._interrupt(run, stop)
+                if run.step % self.checkpoint_every == 0:
+                    self._checkpoint(run)
+        seconds = time.perf_counter() - run.started
+        self._checkpoint(run)
+        result = self._finish(run, seconds)
+        for callback in callbacks:
+            callback.on_fit_end(run)
+        run.logger.close()
+        return result
+
+    def progress(self, run: TrainingRun) -> Progress:
+        """How far the run is: ``run.step`` of ``run.total_steps``. Every schedule of the loop
+        (the learning rate, the end) reads this; a time budget would answer from a clock."""
+        return Progress(run.step, run.total_steps)
+
+    def _batches(self, run: TrainingRun) -> Iterator[Batch]:
+        """The loader's batches from ``run.step`` on, epoch after epoch, to the end."""
+        while run.step < run.total_steps:
+            epoch, in_epoch = divmod(run.step, run.steps_per_epoch)
+            with contextlib.closing(self.loader.iterate(epoch, start_step=in_epoch)) as batches:
+                yield from batches
+
+    def _skip_nonfinite_step(
+        self, run: TrainingRun, loss: torch.Tensor, metrics: dict[str, Any]
+    ) -> None:
+        """Count a non-finite step (nothing was applied); stop unless told to skip."""
+        run.skipped_steps += 1
+        tcfg = run.cfg.train
+        what = f"loss {loss.item()}, gradient norm {metrics['grad_norm']}"
+        if tcfg.on_nonfinite == "stop" or run.skipped_steps > tcfg.max_skipped_steps:
+            raise TrainingError(
+                f"non-finite training signal at step {run.step} (epoch "
+                f"{run.step // run.steps_per_epoch}): {what}; stopping ({run.skipped_steps} "
+                f"non-finite step(s) in this run). The last good checkpoint is kept in "
+                f"{self.run_dir / 'checkpoints'}; lower the learning rate, set "
+                "train.grad_clip, or set train.on_nonfinite=skip."
+            )
+        run.log(
+            {
+                "step": run.step,
+                "event": "skipped_step",
+                "reason": what,
+                "skipped_steps": run.skipped_steps,
+            }
+        )
+
+    def _interrupt(self, run: TrainingRun, stop: StopRequest) -> None:
+        """SIGTERM/SIGINT: checkpoint this step and raise :class:`TrainingInterrupted`."""
+        self._checkpoint(run)
+        self.progress_bar.close()
+        name = signal.Signals(stop.signum).name  # type: ignore[arg-type]
+        raise TrainingInterrupted(
+            f"interrupted by {name} after step {run.step}; checkpoint written to "
+            f"{latest_checkpoint(self.run_dir)}. Continue with --resume.",
+            int(stop.signum),  # type: ignore[arg-type]
+        )
+
+    def _checkpoint(self, run: TrainingRun) -> None:
+        """Write ``checkpoints/step_XXXXXXXX`` (main process), then wait for every process."""
+        if run.is_main:
+            save_checkpoint(
+                self.run_dir,
+                run.step,
+                run.method,
+                run.method.encoder,
+                {
+                    "optimizer": run.optimizer.state_dict(),
+                    "scaler": run.scaler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "skipped_steps": run.skipped_steps,
+                },
+                {
+                    "method": self.cfg.method,
+                    "backbone": self.cfg.backbone.name,
+                    "epoch": run.epoch,
+                    "total_steps": run.total_steps,
+                    "world_size": run.world_size,
+                    "num_classes": run.num_classes,
+                    "encoder": run.encoder_meta,
+                },
+                keep_last=self.cfg.train.keep_last,
+            )
+        dist_utils.barrier()
+
+    def _finish(self, run: TrainingRun, seconds: float) -> TrainResult:
+        """The final encoder, ``summary.json`` and the ``end`` record (main process)."""
+        cfg = self.cfg
+        encoder_path = self.run_dir / "encoder.safetensors"
+        rate = (run.step - run.start_step) * cfg.train.batch_size / max(seconds, 1e-9)
+        if run.is_main:
+            save_weights(run.method.encoder, encoder_path)
+            summary = {
+                "steps": run.step,
+                "final_loss": run.last_loss,
+                "seconds": seconds,
+                "images_per_second": rate,
+                "images_seen": run.step * cfg.train.batch_size,
+                "skipped_steps": run.skipped_steps,
+                "method": cfg.method,
+                "backbone": cfg.backbone.name,
+                "images": len(run.source),
+                **peak_memory(run.device),
+            }
+            write_json(self.run_dir / "summary.json", summary)
+            run.log({"event": "end", **summary})
+        return TrainResult(self.run_dir, run.step, run.last_loss, rate, seconds, encoder_path)
+
+    # ------------------------------------------------------------------ setup
+    def _set_up(self) -> TrainingRun:
+        """Everything before the first step: processes, data, method, optimizer, schedule,
+        resume, the run directory's files and the ``start`` record."""
         cfg, tcfg = self.cfg, self.cfg.train
         device = dist_utils.local_device(tcfg.device)
         distributed = dist_utils.init_distributed(device)
-        rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
-        main = rank == 0
+        world = dist_utils.get_world_size()
+        main = dist_utils.get_rank() == 0
         if tcfg.num_threads:
             torch.set_num_threads(tcfg.num_threads)
         if tcfg.batch_size % world:
             raise TrainingError(
                 f"train.batch_size={tcfg.batch_size} is not divisible by {world} processes"
             )
-        if main:
-            self._check_run_dir()
-        torch.manual_seed(cfg.seed)
-
-        source = load_training_source(cfg)
-        method_cls = get_method(cfg.method)
-        if method_cls.uses_labels and source.labels is None:
-            raise TrainingError(f"method {cfg.method!r} needs labels; {source.name} has none")
-        if tcfg.batch_size > len(source):
+        if main and not self.resume and latest_checkpoint(self.run_dir) is not None:
             raise TrainingError(
-                f"train.batch_size={tcfg.batch_size} is larger than the data set "
-                f"({len(source)} images in {source.name})"
+                f"{self.run_dir} already holds checkpoints; pass --resume to continue that run "
+                "or set out_dir=... to start a new one"
             )
-        image_size = cfg.data.image_size or source.image_size
+        torch.manual_seed(cfg.seed)
+        source = self._load_data()
         num_classes = int(source.labels.max()) + 1 if source.labels is not None else None
+        image_size = cfg.data.image_size or source.image_size
         method = build_method(cfg, image_size, source.num_channels, num_classes)
         method.check_global_batch(tcfg.batch_size)  # before the run directory is made
-        enc_meta = method_encoder_meta(cfg, method, source.num_channels)
-        if use_channels_last(device, tcfg.channels_last):
-            method = method.to(memory_format=torch.channels_last)
-            method.memory_format = torch.channels_last
-        method = method.to(device)
-        if distributed and tcfg.sync_batchnorm:
-            method = dist_utils.convert_sync_batchnorm(method, device)
-        model: nn.Module = method
-        if distributed:
-            model = nn.parallel.DistributedDataParallel(
-                method, device_ids=[device] if device.type == "cuda" else None
-            )
-        step_fn = torch.compile(model) if tcfg.compile else model
-
+        method, model = self._place(method, device, distributed)
         optimizer = build_optimizer(method, tcfg.optimizer, tcfg.batch_size)
         amp_dtype = autocast_dtype(device, tcfg.precision)
         scaler = torch.amp.GradScaler(
             "cuda", enabled=device.type == "cuda" and amp_dtype == torch.float16
         )
-        loader = BatchLoader(
-            source,
-            tcfg.batch_size // world,
-            seed=cfg.seed,
-            rank=rank,
-            world_size=world,
-            device=device,
-            drop_last=True,
-        )
-        steps_per_epoch = len(loader)
+        self.loader = BatchLoader(source, tcfg.batch_size // world, seed=cfg.seed,
+                                  rank=dist_utils.get_rank(), world_size=world, device=device,
+                                  drop_last=True)  # fmt: skip
+        steps_per_epoch = len(self.loader)
         total_steps = math.ceil(tcfg.epochs * steps_per_epoch)
         if tcfg.max_steps is not None:
             total_steps = min(total_steps, tcfg.max_steps)
-        warmup_steps = round(tcfg.schedule.warmup_epochs * steps_per_epoch)
-        ckpt_every = tcfg.checkpoint_every_steps or max(
+        self.lr_schedule = LRSchedule(
+            tcfg.schedule,
+            peak=peak_lr(tcfg.optimizer, tcfg.batch_size),
+            warmup=round(tcfg.schedule.warmup_epochs * steps_per_epoch),
+        )
+        self.checkpoint_every = tcfg.checkpoint_every_steps or max(
             1, round(tcfg.checkpoint_every_epochs * steps_per_epoch)
         )
-        pictures_every = tcfg.pictures_every_epochs * steps_per_epoch
-        lr_peak = peak_lr(tcfg.optimizer, tcfg.batch_size)
+        start_step, skipped_steps = self._resume(method, optimizer, scaler, main)
+        enc_meta = method_encoder_meta(cfg, method, source.num_channels)
+        logger = self._start_run_dir(source, enc_meta, start_step, main, world, device, amp_dtype,
+                                     steps_per_epoch, total_steps)  # fmt: skip
+        self.train_step = TrainStep(
+            method=method,
+            forward=torch.compile(model) if tcfg.compile else model,
+            optimizer=optimizer,
+            scaler=scaler,
+            amp_dtype=amp_dtype,
+            device=device,
+            seed=cfg.seed,
+            grad_clip=tcfg.grad_clip,
+            total_steps=total_steps,
+        )
+        return TrainingRun(
+            cfg=cfg, run_dir=self.run_dir, device=device, is_main=main, world_size=world,
+            source=source, method=method, model=model, optimizer=optimizer, scaler=scaler,
+            logger=logger, encoder_meta=enc_meta, num_classes=num_classes,
+            steps_per_epoch=steps_per_epoch, total_steps=total_steps, start_step=start_step,
+            step=start_step, skipped_steps=skipped_steps,
+        )  # fmt: skip
 
-        start_step = 0
-        if self.resume:
-            ckpt = latest_checkpoint(self.run_dir)
-            if ckpt is not None:
-                state = load_checkpoint(
-                    ckpt, method, {"method": cfg.method, "backbone": cfg.backbone.name}
-                )
-                ts = state["train_state"]
-                optimizer.load_state_dict(ts["optimizer"])
-                scaler.load_state_dict(ts["scaler"])
-                torch.set_rng_state(ts["torch_rng"])
-                self.skipped_steps = int(ts.get("skipped_steps", 0))
-                start_step = int(state["meta"]["step"])
-                if main:
-                    print(f"resuming {self.run_dir} from step {start_step} ({ckpt.name})")
-            elif main:
+    def _load_data(self) -> ImageSource:
+        """The training images, checked against the method and the batch size."""
+        cfg = self.cfg
+        source = load_training_source(cfg)
+        if get_method(cfg.method).uses_labels and source.labels is None:
+            raise TrainingError(f"method {cfg.method!r} needs labels; {source.name} has none")
+        if cfg.train.batch_size > len(source):
+            raise TrainingError(
+                f"train.batch_size={cfg.train.batch_size} is larger than the data set "
+                f"({len(source)} images in {source.name})"
+            )
+        return source
+
+    def _place(
+        self, method: Method, device: torch.device, distributed: bool
+    ) -> tuple[Method, nn.Module]:
+        """Move ``method`` to ``device`` (channels_last when it pays), with global-batch
+        BatchNorm and a DDP wrapper under DDP; returns (the method, the module to step)."""
+        tcfg = self.cfg.train
+        if use_channels_last(device, tcfg.channels_last):
+            method = method.to(memory_format=torch.channels_last)
+            method.memory_format = torch.channels_last
+        method = method.to(device)
+        if not distributed:
+            return method, method
+        if tcfg.sync_batchnorm:
+            method = dist_utils.convert_sync_batchnorm(method, device)  # type: ignore[assignment]
+        ddp = nn.parallel.DistributedDataParallel(
+            method, device_ids=[device] if device.type == "cuda" else None
+        )
+        return method, ddp
+
+    def _resume(
+        self,
+        method: Method,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        main: bool,
+    ) -> tuple[int, int]:
+        """With ``resume``, load the last checkpoint into the method, optimizer, scaler and
+        RNG; returns (start step, non-finite steps skipped so far)."""
+        ckpt = latest_checkpoint(self.run_dir) if self.resume else None
+        if ckpt is None:
+            if self.resume and main:
                 print(f"--resume: no checkpoint in {self.run_dir}; starting from scratch")
+            return 0, 0
+        expected = {"method": self.cfg.method, "backbone": self.cfg.backbone.name}
+        state = load_checkpoint(ckpt, method, expected)
+        ts = state["train_state"]
+        optimizer.load_state_dict(ts["optimizer"])
+        scaler.load_state_dict(ts["scaler"])
+        torch.set_rng_state(ts["torch_rng"])
+        start_step = int(state["meta"]["step"])
+        if main:
+            print(f"resuming {self.run_dir} from step {start_step} ({ckpt.name})")
+        return start_step, int(ts.get("skipped_steps", 0))
 
+    def _start_run_dir(
+        self,
+        source: ImageSource,
+        enc_meta: dict[str, Any],
+        start_step: int,
+        main: bool,
+        world: int,
+        device: torch.device,
+        amp_dtype: torch.dtype | None,
+        steps_per_epoch: int,
+        total_steps: int,
+    ) -> MetricsLogger:
+        """Write config.yaml, encoder.json, environment.json (and skipped_files.json) and the
+        ``start`` record of a new run; returns the metrics logger (quiet off the main process)."""
+        cfg = self.cfg
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(dump_config(cfg))
@@ -303,7 +481,7 @@ class Trainer:
             write_json(self.run_dir / "environment.json", environment(cfg.seed, world, device))
             if source.skipped:
                 write_json(self.run_dir / "skipped_files.json", source.skipped)
-        logger = MetricsLogger(self.run_dir, tensorboard=tcfg.tensorboard, enabled=main)
+        logger = MetricsLogger(self.run_dir, tensorboard=cfg.train.tensorboard, enabled=main)
         if main and start_step == 0:
             logger.log(
                 {
@@ -317,199 +495,7 @@ class Trainer:
                     "skipped_files": len(source.skipped),
                 }
             )
-
-        def checkpoint(step: int) -> None:
-            if main:
-                save_checkpoint(
-                    self.run_dir,
-                    step,
-                    method,
-                    method.encoder,
-                    {
-                        "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "torch_rng": torch.get_rng_state(),
-                        "skipped_steps": self.skipped_steps,
-                    },
-                    {
-                        "method": cfg.method,
-                        "backbone": cfg.backbone.name,
-                        "epoch": step / steps_per_epoch,
-                        "total_steps": total_steps,
-                        "world_size": world,
-                        "num_classes": num_classes,
-                        "encoder": enc_meta,
-                    },
-                    keep_last=tcfg.keep_last,
-                )
-            dist_utils.barrier()
-
-        bar = tqdm(
-            total=total_steps,
-            initial=start_step,
-            disable=not (main and tcfg.progress),
-            desc=f"{cfg.method}",
-            unit="step",
-            dynamic_ncols=True,
-        )
-        train_step = TrainStep(
-            method=method,
-            forward=step_fn,
-            optimizer=optimizer,
-            scaler=scaler,
-            amp_dtype=amp_dtype,
-            device=device,
-            seed=cfg.seed,
-            grad_clip=tcfg.grad_clip,
-            total_steps=total_steps,
-        )
-        run = TrainingRun(
-            cfg=cfg,
-            run_dir=self.run_dir,
-            device=device,
-            is_main=main,
-            world_size=world,
-            source=source,
-            method=method,
-            model=model,
-            optimizer=optimizer,
-            scaler=scaler,
-            logger=logger,
-            progress=bar,
-            encoder_meta=enc_meta,
-            num_classes=num_classes,
-            steps_per_epoch=steps_per_epoch,
-            total_steps=total_steps,
-            start_step=start_step,
-            step=start_step,
-        )
-        for callback in self.callbacks:
-            callback.on_fit_start(run)
-
-        method.on_train_start(steps_per_epoch, total_steps)
-        step, last_loss = start_step, float("nan")
-        t_start = time.perf_counter()
-        t_log, images_since_log = t_start, 0
-        collapse_warned = False
-        model.train()
-        with StopRequest() as stop:
-            while step < total_steps:
-                epoch, in_epoch = divmod(step, steps_per_epoch)
-                batches = loader.iterate(epoch, start_step=in_epoch)
-                with contextlib.closing(batches):
-                    for batch in batches:
-                        lr = set_lr(
-                            optimizer,
-                            lr_peak,
-                            lr_at(step, total_steps, warmup_steps, tcfg.schedule),
-                        )
-                        loss, metrics, applied = train_step(
-                            batch.images, batch.labels, batch.global_size, batch.offset, step
-                        )
-                        if not applied:
-                            self.skipped_steps += 1
-                            what = f"loss {loss.item()}, gradient norm {metrics['grad_norm']}"
-                            if tcfg.on_nonfinite == "stop" or (
-                                self.skipped_steps > tcfg.max_skipped_steps
-                            ):
-                                raise TrainingError(
-                                    f"non-finite training signal at step {step} (epoch "
-                                    f"{epoch}): {what}; stopping ({self.skipped_steps} "
-                                    f"non-finite step(s) in this run). The last good "
-                                    f"checkpoint is kept in {self.run_dir / 'checkpoints'}; "
-                                    "lower the learning rate, set train.grad_clip, or set "
-                                    "train.on_nonfinite=skip."
-                                )
-                            logger.log(
-                                {
-                                    "step": step,
-                                    "event": "skipped_step",
-                                    "reason": what,
-                                    "skipped_steps": self.skipped_steps,
-                                },
-                                step,
-                            )
-                        step += 1
-                        images_since_log += batch.global_size
-                        bar.update(1)
-                        if step % tcfg.log_every_steps == 0 or step == total_steps:
-                            now = time.perf_counter()
-                            last_loss = dist_utils.all_reduce_mean(loss.detach().float()).item()
-                            rate = images_since_log / max(now - t_log, 1e-9)
-                            record: dict[str, Any] = {
-                                "step": step,
-                                "epoch": step / steps_per_epoch,
-                                "loss": last_loss,
-                                "lr": lr,
-                                "images_per_second": rate,
-                                **metrics,
-                            }
-                            if self.skipped_steps:
-                                record["skipped_steps"] = self.skipped_steps
-                            logger.log(record, step)
-                            bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{rate:.0f}")
-                            t_log, images_since_log = now, 0
-                            reason = collapse_reason(metrics, tcfg)
-                            if main and reason and not collapse_warned:
-                                collapse_warned = True
-                                warnings.warn(
-                                    f"step {step}: {reason}: the representation may be "
-                                    "collapsing (images mapped to nearly the same embedding, "
-                                    "or to a few directions)",
-                                    CollapseWarning,
-                                    stacklevel=1,
-                                )
-                                logger.log(
-                                    {"step": step, "event": "collapse_warning", "reason": reason},
-                                    step,
-                                )
-                        if pictures_every and main and step % pictures_every == 0:
-                            write_pictures(method, source, self.run_dir, f"step{step:08d}", device)
-                            model.train()
-                        run.step, run.lr, run.last_loss = step, lr, last_loss
-                        out = StepOutput(loss, metrics, applied, batch.global_size)
-                        for callback in self.callbacks:
-                            callback.on_step_end(run, out)
-                        if step >= total_steps or step == self.stop_at_step:
-                            break
-                        if stop.should_stop(device):
-                            checkpoint(step)
-                            bar.close()
-                            name = signal.Signals(stop.signum).name  # type: ignore[arg-type]
-                            raise TrainingInterrupted(
-                                f"interrupted by {name} after step {step}; checkpoint written "
-                                f"to {latest_checkpoint(self.run_dir)}. Continue with --resume.",
-                                int(stop.signum),  # type: ignore[arg-type]
-                            )
-                        if step % ckpt_every == 0:
-                            checkpoint(step)
-                if step == self.stop_at_step:
-                    break
-        bar.close()
-        seconds = time.perf_counter() - t_start
-        checkpoint(step)
-        encoder_path = self.run_dir / "encoder.safetensors"
-        rate = (step - start_step) * tcfg.batch_size / max(seconds, 1e-9)
-        if main:
-            save_weights(method.encoder, encoder_path)
-            summary = {
-                "steps": step,
-                "final_loss": last_loss,
-                "seconds": seconds,
-                "images_per_second": rate,
-                "images_seen": step * tcfg.batch_size,
-                "skipped_steps": self.skipped_steps,
-                "method": cfg.method,
-                "backbone": cfg.backbone.name,
-                "images": len(source),
-                **peak_memory(device),
-            }
-            write_json(self.run_dir / "summary.json", summary)
-            logger.log({"event": "end", **summary}, step)
-        for callback in self.callbacks:
-            callback.on_fit_end(run)
-        logger.close()
-        return TrainResult(self.run_dir, step, last_loss, rate, seconds, encoder_path)
+        return logger
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from selfsup.errors import ConfigError
 
@@ -117,6 +117,10 @@ class OptimizerConfig(Section):
 class ScheduleConfig(Section):
     name: Literal["cosine", "constant"] = "cosine"
     warmup_epochs: float = Field(default=0.0, ge=0)
+    warmup_fraction: float | None = Field(default=None, ge=0, lt=1)
+    """Warm-up as a fraction of the whole run; overrides ``warmup_epochs``. Under a time budget
+    (``train.time_budget_minutes``) the warm-up is this fraction of the time, or
+    ``warmup_epochs / epochs`` when unset."""
     final_lr_fraction: float = Field(default=0.0, ge=0, le=1)
 
 
@@ -130,6 +134,31 @@ class KnnMonitorConfig(Section):
 class TrainConfig(Section):
     epochs: float = Field(default=10, gt=0)
     max_steps: int | None = Field(default=None, gt=0)
+    time_budget_minutes: float | None = Field(default=None, gt=0)
+    """Train for this many minutes of wall-clock time instead of ``epochs``: set-up, data
+    loading and compilation count, evaluation does not. Every schedule (learning rate, target
+    momentum, view size, ...) is then a function of elapsed / budget time, so a slower machine
+    still completes its schedule when the time is up (``max_steps`` still caps the run)."""
+    view_size_schedule: list[tuple[float, int]] | None = None
+    """Progressive resizing: ``[[fraction, size], ...]``, training views of ``size`` pixels
+    from that fraction of the run on (e.g. ``[[0, 16], [0.5, 24], [0.8, 32]]``); None keeps
+    the data's size. Evaluation always sees the full-size images."""
+
+    @field_validator("view_size_schedule")
+    @classmethod
+    def _check_view_sizes(
+        cls, value: list[tuple[float, int]] | None
+    ) -> list[tuple[float, int]] | None:
+        if value is None:
+            return value
+        if not value or value[0][0] != 0:
+            raise ValueError("must start at fraction 0, e.g. [[0, 16], [0.5, 32]]")
+        fractions = [f for f, _ in value]
+        if fractions != sorted(fractions) or not all(0 <= f < 1 for f in fractions):
+            raise ValueError("fractions must increase within [0, 1)")
+        if any(size < 1 for _, size in value):
+            raise ValueError("sizes must be positive")
+        return value
     """Stop after this many optimizer steps (overrides epochs when smaller)."""
     batch_size: int = Field(default=256, gt=0)
     """Global batch size (split evenly over processes)."""

@@ -169,18 +169,23 @@ def _eval(size: int, mean: Sequence[float], std: Sequence[float]) -> Compose:
 def recrop_pipeline(
     base: Compose,
     size: int,
-    scale: tuple[float, float],
+    scale: tuple[float, float] | None = None,
     *,
     blur_p: float | None = None,
     solarize_p: float = 0.0,
 ) -> Compose:
-    """``base`` with its random crop (or resize) replaced by one to ``size`` at ``scale``, its
-    blur kernel sized for ``size`` (probability ``blur_p`` when given) and, when
-    ``solarize_p > 0``, a :class:`RandomSolarize` inserted before the normalisation."""
+    """``base`` with its random crop (or resize) replaced by one to ``size`` at ``scale`` (None
+    keeps the crop's own area range), its blur kernel sized for ``size`` (probability ``blur_p``
+    when given) and, when ``solarize_p > 0``, a :class:`RandomSolarize` inserted before the
+    normalisation. Used for multi-crop views and for progressive resizing; the random draws
+    do not depend on ``size``, so a resized pipeline crops the same boxes."""
     ops = []
     for t in base.transforms:
         if isinstance(t, RandomResizedCrop):
-            t = RandomResizedCrop(size, scale=scale, ratio=t.ratio, antialias=t.antialias)
+            t = RandomResizedCrop(
+                size, scale=t.scale if scale is None else scale, ratio=t.ratio,
+                antialias=t.antialias,
+            )  # fmt: skip
         elif isinstance(t, Resize):
             t = Resize(size)
         elif isinstance(t, GaussianBlur):

@@ -8,7 +8,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
-from selfsup.augment import build_pipeline
+from selfsup.augment import build_pipeline, recrop_pipeline
 from selfsup.augment.color import input_channels
 from selfsup.backbones import Backbone
 from selfsup.losses.precision import full_precision
@@ -110,6 +110,13 @@ class Method(nn.Module):
         self.memory_format = torch.contiguous_format
         self.steps_per_epoch = 1
         """Optimizer steps per epoch; the trainer sets it through :meth:`on_train_start`."""
+
+    def set_view_size(self, size: int) -> None:
+        """Make the training views ``size`` pixels from now on (progressive resizing,
+        ``train.view_size_schedule``): the pipeline's random crop keeps its area range and
+        outputs ``size`` x ``size``. Methods with other view pipelines (multi-crop, tiles) resize
+        those in an override, or refuse with a :class:`~selfsup.errors.ConfigError`."""
+        self.pipeline = recrop_pipeline(self.pipeline, size)
 
     def views(
         self, images: Tensor, generator: torch.Generator, global_size: int | None, offset: int

@@ -131,6 +131,8 @@ class ProgressBar(Callback):
         )
 
     def on_step_end(self, run: TrainingRun, out: StepOutput) -> None:
+        if self.bar.total != run.total_steps:  # a time budget's estimate moves
+            self.bar.total = run.total_steps
         self.bar.update(1)
         if run.logging_now:
             self.bar.set_postfix(

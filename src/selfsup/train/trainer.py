@@ -186,6 +186,12 @@ class Trainer:
         self.stop_at_step = stop_at_step
         self.callbacks = list(callbacks)
         self.run_dir = cfg.resolved_out_dir()
+        minutes = cfg.train.time_budget_minutes
+        self.budget_seconds: float | None = None if minutes is None else 60.0 * minutes
+        """The time budget (``train.time_budget_minutes``) in seconds, or None (steps)."""
+        self.elapsed_before = 0.0  # wall-clock seconds of earlier sessions (resume)
+        self.clock_start = time.perf_counter()
+        self.view_size: int | None = None
         if cfg.train.knn_monitor.every_epochs and not any(
             c.serves == "train.knn_monitor" for c in self.callbacks
         ):
@@ -200,6 +206,7 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train to the end of the schedule (or to ``stop_at_step``), checkpointing on the way;
         with ``resume``, from the run's last checkpoint."""
+        self.clock_start = time.perf_counter()  # set-up counts towards a time budget
         run = self._set_up()
         self.progress_bar = ProgressBar()
         callbacks = [LogMetrics(), self.progress_bar, CollapseMonitor(), Pictures()]
@@ -209,19 +216,23 @@ class Trainer:
         run.method.on_train_start(run.steps_per_epoch, run.total_steps)
         run.model.train()
         run.started = time.perf_counter()
+        progress = self.progress(run)
         with StopRequest() as stop, contextlib.closing(self._batches(run)) as batches:
             for batch in batches:
-                run.lr = self.lr_schedule.apply(run.optimizer, self.progress(run))
+                run.lr = self.lr_schedule.apply(run.optimizer, progress)
+                self._resize_views(run, progress)
                 loss, metrics, applied = self.train_step(
                     batch.images, batch.labels, batch.global_size, batch.offset, run.step
                 )
                 if not applied:
                     self._skip_nonfinite_step(run, loss, metrics)
                 run.step += 1
+                progress = self.progress(run)
+                self._estimate_total_steps(run, progress)
                 out = StepOutput(loss, metrics, applied, batch.global_size)
                 for callback in callbacks:
                     callback.on_step_end(run, out)
-                if self.progress(run).fraction >= 1 or run.step == self.stop_at_step:
+                if progress.fraction >= 1 or run.step == self.stop_at_step:
                     break
                 if stop.should_stop(run.device):
                     self._interrupt(run, stop)
@@ -235,14 +246,57 @@ class Trainer:
         run.logger.close()
         return result
 
+    def elapsed(self) -> float:
+        """Wall-clock seconds of this run so far: every earlier session of a resumed run plus
+        this one from the start of :meth:`fit` (set-up and data loading included)."""
+        return self.elapsed_before + time.perf_counter() - self.clock_start
+
     def progress(self, run: TrainingRun) -> Progress:
-        """How far the run is: ``run.step`` of ``run.total_steps``. Every schedule of the loop
-        (the learning rate, the end) reads this; a time budget would answer from a clock."""
-        return Progress(run.step, run.total_steps)
+        """How far the run is. Every schedule of the loop (the learning rate, the view size,
+        the end) reads this: ``run.step`` of ``run.total_steps``, or under
+        ``train.time_budget_minutes`` the elapsed seconds of the budget (rank 0's clock, the
+        same on every process; ``max_steps`` ends it early)."""
+        if self.budget_seconds is None:
+            return Progress(run.step, run.total_steps)
+        elapsed = dist_utils.broadcast_from_main(self.elapsed(), run.device)
+        max_steps = self.cfg.train.max_steps
+        if max_steps is not None and run.step >= max_steps:
+            elapsed = max(elapsed, self.budget_seconds)
+        steps = run.step - run.start_step
+        # the pace so far (a guess of 0.1% of the budget before the first step), so that the
+        # warm-up's first step runs at a small learning rate rather than at zero
+        per_step = (
+            (time.perf_counter() - run.started) / steps if steps else 1e-3 * self.budget_seconds
+        )
+        return Progress(elapsed, self.budget_seconds, step=per_step)
+
+    def _estimate_total_steps(self, run: TrainingRun, progress: Progress) -> None:
+        """Under a time budget the number of steps is known only at the end: estimate it from
+        the pace so far, for what counts in steps (the target-momentum schedules of the
+        methods' ``on_after_step(step, total_steps)``, logging the last step)."""
+        if self.budget_seconds is None or progress.fraction <= 0:
+            return
+        estimate = max(run.step, math.ceil(run.step / progress.fraction))
+        if self.cfg.train.max_steps is not None:
+            estimate = min(estimate, self.cfg.train.max_steps)
+        run.total_steps = estimate
+        self.train_step.total_steps = estimate
+
+    def _resize_views(self, run: TrainingRun, progress: Progress) -> None:
+        """``train.view_size_schedule``: the view size for this point of the run."""
+        schedule = self.cfg.train.view_size_schedule
+        if not schedule:
+            return
+        size = [s for f, s in schedule if f <= progress.fraction][-1]
+        if size != self.view_size:
+            run.method.set_view_size(size)
+            self.view_size = size
+            run.log({"step": run.step, "event": "view_size", "view_size": size})
 
     def _batches(self, run: TrainingRun) -> Iterator[Batch]:
-        """The loader's batches from ``run.step`` on, epoch after epoch, to the end."""
-        while run.step < run.total_steps:
+        """The loader's batches from ``run.step`` on, epoch after epoch, to the end (under a
+        time budget the loop ends them)."""
+        while self.budget_seconds is not None or run.step < run.total_steps:
             epoch, in_epoch = divmod(run.step, run.steps_per_epoch)
             with contextlib.closing(self.loader.iterate(epoch, start_step=in_epoch)) as batches:
                 yield from batches
@@ -295,6 +349,7 @@ class Trainer:
                     "scaler": run.scaler.state_dict(),
                     "torch_rng": torch.get_rng_state(),
                     "skipped_steps": run.skipped_steps,
+                    "elapsed_seconds": self.elapsed(),
                 },
                 {
                     "method": self.cfg.method,
@@ -320,6 +375,8 @@ class Trainer:
                 "steps": run.step,
                 "final_loss": run.last_loss,
                 "seconds": seconds,
+                "elapsed_seconds": self.elapsed(),
+                "time_budget_minutes": cfg.train.time_budget_minutes,
                 "images_per_second": rate,
                 "images_seen": run.step * cfg.train.batch_size,
                 "skipped_steps": run.skipped_steps,
@@ -371,10 +428,20 @@ class Trainer:
         total_steps = math.ceil(tcfg.epochs * steps_per_epoch)
         if tcfg.max_steps is not None:
             total_steps = min(total_steps, tcfg.max_steps)
+        sched = tcfg.schedule
+        warmup_fraction = (
+            sched.warmup_fraction
+            if sched.warmup_fraction is not None
+            else (sched.warmup_epochs / tcfg.epochs if self.budget_seconds else None)
+        )
+        if self.budget_seconds is not None:  # warm-up and decay in seconds
+            warmup = min(warmup_fraction or 0.0, 1.0) * self.budget_seconds
+        elif warmup_fraction is not None:
+            warmup = round(warmup_fraction * total_steps)
+        else:
+            warmup = round(sched.warmup_epochs * steps_per_epoch)
         self.lr_schedule = LRSchedule(
-            tcfg.schedule,
-            peak=peak_lr(tcfg.optimizer, tcfg.batch_size),
-            warmup=round(tcfg.schedule.warmup_epochs * steps_per_epoch),
+            sched, peak=peak_lr(tcfg.optimizer, tcfg.batch_size), warmup=warmup
         )
         self.checkpoint_every = tcfg.checkpoint_every_steps or max(
             1, round(tcfg.checkpoint_every_epochs * steps_per_epoch)
@@ -455,6 +522,7 @@ class Trainer:
         scaler.load_state_dict(ts["scaler"])
         torch.set_rng_state(ts["torch_rng"])
         start_step = int(state["meta"]["step"])
+        self.elapsed_before = float(ts.get("elapsed_seconds", 0.0))
         if main:
             print(f"resuming {self.run_dir} from step {start_step} ({ckpt.name})")
         return start_step, int(ts.get("skipped_steps", 0))

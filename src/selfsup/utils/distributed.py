@@ -113,6 +113,16 @@ def all_reduce_mean(x: Tensor) -> Tensor:
     return x / get_world_size()
 
 
+def broadcast_from_main(value: float, device: torch.device | str = "cpu") -> float:
+    """Rank 0's ``value`` on every process (itself when not distributed): decisions taken from
+    a local clock (a time budget's progress) must be the same on every rank."""
+    if not is_distributed() or get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return float(t.item())
+
+
 class _AllReduceSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]

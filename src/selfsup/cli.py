@@ -1,4 +1,4 @@
-"""``selfsup`` command line: train, eval, sweep, methods, export, quickstart, config.
+"""``selfsup`` command line: train, eval, sweep, methods, export, quickstart, speedrun, config.
 
 Run ``selfsup COMMAND --help`` for each command's options.
 """
@@ -310,6 +310,35 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_speedrun(args: argparse.Namespace) -> int:
+    from selfsup.speedrun import run_speedrun
+
+    record = run_speedrun(
+        args.minutes,
+        args.out,
+        data=args.data,
+        root=args.root,
+        seed=args.seed,
+        linear=args.linear,
+        device=args.device,
+        holdout=args.holdout,
+        recipe=args.recipe,
+        overrides=args.overrides,
+    )
+    shown = {k: record[k] for k in ("knn_top1", "knn20_top1", "linear_top1") if k in record}
+    print(
+        f"speedrun ({record['recipe']}, {record['precision']}, {record['threads']} threads): "
+        + ", ".join(f"{k}={v:.4f}" for k, v in shown.items())
+        + f"; trained {record['train_seconds'] / 60:.1f} min on {record['images_seen']:,} "
+        f"images, evaluated in {record['eval_seconds'] / 60:.1f} min"
+    )
+    if "effective_rank" in record:
+        print(f"no labels: effective rank {record['effective_rank']:.1f} of "
+              f"{record['feature_dim']}; pretext {record['pretext']}")  # fmt: skip
+    print(f"run directory: {args.out}  (speedrun.json, encoder.safetensors)")
+    return 0
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     """The labeled-data flags of ``eval`` and ``sweep`` (read by ``_load_eval_data``)."""
     p.add_argument("--data", default="cifar10", help="labeled dataset (name, .npz or folder)")
@@ -467,6 +496,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=3.0, help="approximate training budget")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_quickstart)
+
+    p = sub.add_parser(
+        "speedrun",
+        help="the best encoder in N minutes of this machine (time-based schedule), then kNN",
+    )
+    p.add_argument("--minutes", type=float, required=True, help="wall-clock training budget")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--data", default="cifar10", help="dataset name, .npz or image folder")
+    p.add_argument("--root", help="data root for named datasets (default $SELFSUP_DATA)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--linear", action="store_true", help="also a linear probe")
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--holdout",
+        type=int,
+        help="hold N training images out and query them instead of the test split (tuning)",
+    )
+    p.add_argument("--recipe", help="another recipe (default: the one tuned for --minutes)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the recipe")
+    p.set_defaults(func=_cmd_speedrun)
 
     from selfsup.report.cli import add_arguments as add_report_arguments
     from selfsup.report.cli import run as run_report

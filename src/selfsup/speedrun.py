@@ -49,9 +49,14 @@ def speedrun_recipe(minutes: float) -> str:
     return f"speedrun_{budget}min"
 
 
-def _has_split(source: str, split: str, root: str | None) -> bool:
+def _has_test_split(source: str, root: str | None) -> bool:
+    """Whether ``source`` is a named dataset with a test split (files and folders have none)."""
+    from selfsup.data import list_datasets
+
+    if source not in list_datasets():
+        return False
     try:
-        load_source(source, split=split, root=root)
+        load_source(source, split="test", root=root)
     except (FileNotFoundError, ValueError):
         return False
     return True
@@ -108,11 +113,11 @@ def run_speedrun(
     amp = autocast_dtype(dev, cfg.train.precision)
     record = {
         **metrics,
-        "train_seconds": summary.get("seconds"),
+        "train_seconds": summary.get("elapsed_seconds"),
         "eval_seconds": eval_seconds,
         "images_seen": summary.get("images_seen"),
         "method": cfg.method,
-        "backbone": cfg.backbone.model_dump(exclude_defaults=True),
+        "backbone": cfg.backbone.model_dump(exclude_none=True),
         "recipe": recipe,
         "budget_minutes": minutes,
         "seed": seed,
@@ -142,22 +147,27 @@ def _evaluate(
 
     eval_device = "cuda" if device.startswith("cuda") else "cpu"
     protocols = ("knn", "linear") if linear else ("knn",)
-    labeled = source.labels is not None
-    if labeled and (holdout or _has_split(cfg.data.source, "test", root)):
-        data = load_eval_data(cfg.data.source, root=root, holdout=holdout)
-        r = evaluate_encoder(str(run_dir), data, protocols=protocols, device=eval_device)
-        out = {
-            "knn_top1": r["knn@200"],
-            "knn20_top1": r["knn@20"],
-            "evaluation": (
-                f"kNN bank {len(data.train)} / queries {len(data.test)} "
-                + (f"(held-out {holdout} of the train split)" if holdout else "(test split)")
-            ),
-        }
-        if linear:
-            out["linear_top1"] = r["linear_top1"]
-        return out
-    return _unlabeled_metrics(run_dir, source, eval_device)
+    if source.labels is None:
+        return _unlabeled_metrics(run_dir, source, eval_device)
+    if holdout is None and not _has_test_split(cfg.data.source, root):
+        # a labeled file or folder: query a held-out part (not trained on when --holdout
+        # was given; otherwise seen unlabeled in training, but never in the kNN bank)
+        holdout = max(1, min(5000, len(source) // 10))
+        where = f"{holdout} images of the source held out of the bank"
+    elif holdout is not None:
+        where = f"the {holdout} training images held out of training"
+    else:
+        where = "the test split"
+    data = load_eval_data(cfg.data.source, root=root, holdout=holdout)
+    r = evaluate_encoder(str(run_dir), data, protocols=protocols, device=eval_device)
+    out = {
+        "knn_top1": r["knn@200"],
+        "knn20_top1": r["knn@20"],
+        "evaluation": f"kNN bank {len(data.train)} images, queries {len(data.test)} ({where})",
+    }
+    if linear:
+        out["linear_top1"] = r["linear_top1"]
+    return out
 
 
 def _unlabeled_metrics(run_dir: Path, source: Any, device: str) -> dict[str, Any]:

@@ -186,6 +186,10 @@ class TrainConfig(Section):
     """With ``on_nonfinite: skip``, stop anyway after this many skipped steps."""
     collapse_threshold: float = Field(default=0.05, ge=0)
     """Warn when the method's ``embedding_spread`` metric (1 = spread, 0 = collapsed) is below."""
+    collapse_min_rank_fraction: float = Field(default=0.05, ge=0, le=1)
+    """After the warm-up, warn when the method's ``effective_rank`` is below this fraction of
+    the largest rank its batch could show (``min(N, D)`` of the embeddings: dimensional
+    collapse)."""
     collapse_min_effective_rank: float = Field(default=1.5, ge=0)
     """Warn when the method's ``effective_rank`` metric (exp of the entropy of the embeddings'
     normalised singular values; 1 = every embedding on one direction) is below."""

@@ -48,7 +48,13 @@ def effective_rank(z: Tensor, eps: float = 1e-12) -> Tensor:
 
 
 @torch.compiler.disable  # monitoring only: keeps eigvalsh out of a compiled training step
-def collapse_metrics(z: Tensor) -> dict[str, Tensor]:
-    """Both collapse indicators of embeddings (N, D), as 0-d tensors for a method's metrics:
-    ``{"embedding_spread": ..., "effective_rank": ...}``."""
-    return {"embedding_spread": embedding_spread(z), "effective_rank": effective_rank(z)}
+def collapse_metrics(z: Tensor) -> dict[str, Tensor | float]:
+    """Both collapse indicators of embeddings (N, D) for a method's metrics:
+    ``{"embedding_spread": ..., "effective_rank": ..., "effective_rank_max": min(N, D)}`` (0-d
+    tensors, and the largest rank the batch could show, which the collapse monitor compares
+    the rank with)."""
+    return {
+        "embedding_spread": embedding_spread(z),
+        "effective_rank": effective_rank(z),
+        "effective_rank_max": float(min(z.shape)),
+    }

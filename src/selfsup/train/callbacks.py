@@ -64,6 +64,8 @@ class TrainingRun:
     images_per_second: float = math.nan
     skipped_steps: int = 0
     started: float = 0.0
+    warmed_up: bool = False
+    """Whether the learning-rate warm-up is over (set by the trainer every step)."""
 
     @property
     def epoch(self) -> float:
@@ -182,11 +184,17 @@ class CollapseWarning(UserWarning):
     """The embeddings are collapsing towards a constant."""
 
 
-def collapse_reason(metrics: dict[str, Any], tcfg: TrainConfig) -> str | None:
+COLLAPSE_HELP = "docs/methods/README.md#when-a-method-collapses-what-to-try"
+
+
+def collapse_reason(
+    metrics: dict[str, Any], tcfg: TrainConfig, warmed_up: bool = True
+) -> str | None:
     """Why a step's metrics look like collapse, or None: ``embedding_spread`` (1 spread, 0
-    collapsed) under ``train.collapse_threshold``, or ``effective_rank`` (1 = every embedding on
-    one direction) under ``train.collapse_min_effective_rank``. Metrics a method does not
-    report are not checked."""
+    collapsed) under ``train.collapse_threshold``, ``effective_rank`` (1 = every embedding on
+    one direction) under ``train.collapse_min_effective_rank``, or, once ``warmed_up``, under
+    ``train.collapse_min_rank_fraction`` of ``effective_rank_max`` (the largest rank the batch
+    could show). Metrics a method does not report are not checked."""
     if "embedding_spread" in metrics:
         spread = float(metrics["embedding_spread"])
         if spread < tcfg.collapse_threshold:
@@ -195,12 +203,20 @@ def collapse_reason(metrics: dict[str, Any], tcfg: TrainConfig) -> str | None:
         rank = float(metrics["effective_rank"])
         if rank < tcfg.collapse_min_effective_rank:
             return f"effective rank {rank:.3f} < {tcfg.collapse_min_effective_rank}"
+        top = float(metrics.get("effective_rank_max", 0.0))
+        floor = tcfg.collapse_min_rank_fraction * top
+        if warmed_up and rank < floor:
+            return (
+                f"effective rank {rank:.1f} < {tcfg.collapse_min_rank_fraction:.0%} of the "
+                f"{top:.0f} dimensions the batch could span (dimensional collapse)"
+            )
     return None
 
 
 class CollapseMonitor(Callback):
     """At logged steps, a :class:`CollapseWarning` (once per run, and a ``collapse_warning``
-    record) when the method's metrics look like collapse (:func:`collapse_reason`)."""
+    record) when the method's metrics look like collapse (:func:`collapse_reason`; the rank
+    fraction only after the learning-rate warm-up, ``run.warmed_up``)."""
 
     def on_fit_start(self, run: TrainingRun) -> None:
         self.warned = False
@@ -208,13 +224,13 @@ class CollapseMonitor(Callback):
     def on_step_end(self, run: TrainingRun, out: StepOutput) -> None:
         if self.warned or not (run.is_main and run.logging_now):
             return
-        reason = collapse_reason(out.metrics, run.cfg.train)
+        reason = collapse_reason(out.metrics, run.cfg.train, run.warmed_up)
         if reason is None:
             return
         self.warned = True
         warnings.warn(
             f"step {run.step}: {reason}: the representation may be collapsing (images mapped "
-            "to nearly the same embedding, or to a few directions)",
+            f"to nearly the same embedding, or to a few directions); what to try: {COLLAPSE_HELP}",
             CollapseWarning,
             stacklevel=1,
         )

@@ -228,6 +228,7 @@ class Trainer:
                     self._skip_nonfinite_step(run, loss, metrics)
                 run.step += 1
                 progress = self.progress(run)
+                run.warmed_up = progress.done >= self.lr_schedule.warmup
                 self._estimate_total_steps(run, progress)
                 out = StepOutput(loss, metrics, applied, batch.global_size)
                 for callback in callbacks:

@@ -26,6 +26,10 @@ class BarlowTwinsConfig(MethodConfig):
     proj_layers: int = Field(default=3, ge=1)
     lambd: float = Field(default=5e-3, ge=0)
     """Weight of the off-diagonal (redundancy) term."""
+    loss_scale: float = Field(default=1.0, gt=0)
+    """Multiplies the loss (the official code's ``--scale-loss``; solo-learn's ``scale_loss``).
+    The raw loss sums D squared terms, so its gradients are ~100x SimCLR's: with SGD (and for
+    the norm and bias parameters LARS does not adapt) the scale sets the effective step size."""
 
 
 class BarlowTwins(PositiveRetrieval, Method):
@@ -61,7 +65,7 @@ class BarlowTwins(PositiveRetrieval, Method):
         )
         z = self.projector(self.encoder(x)).float()  # (2n, proj_out_dim)
         z1, z2 = gather_with_grad(z[:n]), gather_with_grad(z[n:])
-        loss = barlow_twins_loss(z1, z2, self.cfg.lambd)
+        loss = self.cfg.loss_scale * barlow_twins_loss(z1, z2, self.cfg.lambd)
         with torch.no_grad():
             diag = torch.diagonal(cross_correlation(z1, z2)).mean()
         return loss, {"mean_diagonal_correlation": diag, **collapse_metrics(z)}

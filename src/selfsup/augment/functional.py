@@ -207,6 +207,18 @@ def resize(x: Tensor, size: int | Sequence[int], *, antialias: bool = True) -> T
     return resized_crop(x, boxes, (out_h, out_w), antialias=antialias)
 
 
+def sync_free(x: Tensor) -> bool:
+    """Whether per-sample choices must avoid data-dependent shapes for ``x``'s device.
+
+    On an accelerator, picking rows with ``nonzero`` makes the host wait for the device (the
+    number of rows is needed to size the result), once per random choice: the augmentation
+    then costs round trips, not arithmetic. There every random choice is masked arithmetic
+    over the whole batch (``torch.where`` / neutral factors), which queues without waiting. On
+    the CPU the row selection is cheaper (each op touches only its rows) and is kept.
+    """
+    return x.device.type != "cpu"
+
+
 def hflip(x: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mirror images left-right; with ``mask`` (bool ``(N,)``) only the selected ones.
 
@@ -215,6 +227,8 @@ def hflip(x: Tensor, mask: Tensor | None = None) -> Tensor:
     _check_image(x)
     if mask is None:
         return x.flip(-1)
+    if sync_free(x):
+        return torch.where(mask.to(x.device).reshape(-1, 1, 1, 1), x.flip(-1), x)
     idx = mask.to(x.device).nonzero().squeeze(1)
     out = x.clone()
     if idx.numel() > 0:

@@ -79,7 +79,13 @@ def _fmt(v: Any) -> str:
 
 
 def _select(x: Tensor, mask: Tensor, fn: Any) -> Tensor:
-    """Apply ``fn(rows, idx)`` only to the rows selected by the bool ``mask``; others pass."""
+    """Apply ``fn(rows, idx)`` only to the rows selected by the bool ``mask``; others pass.
+
+    On an accelerator (:func:`~selfsup.augment.functional.sync_free`) ``fn`` runs on every
+    row and ``mask`` picks."""
+    if AF.sync_free(x):
+        idx = torch.arange(x.shape[0], device=x.device)
+        return torch.where(mask.to(x.device).reshape(-1, 1, 1, 1), fn(x, idx), x)
     idx = mask.nonzero().squeeze(1)
     k = idx.numel()
     if k == 0:
@@ -351,6 +357,8 @@ class ColorJitter(Transform):
         active = params["apply"].to(x.device)
         order = params["order"].to(x.device)
         factors = [params[name].to(x.device) for name in self._OPS]
+        if AF.sync_free(x):
+            return self._apply_masked(out, active, order, factors, enabled)
         for pos in range(4):
             for k in enabled:
                 idx = (active & (order[:, pos] == k)).nonzero().squeeze(1)
@@ -360,6 +368,30 @@ class ColorJitter(Transform):
                 sub = self._inplace_fns[k](sub, factors[k].index_select(0, idx))
                 out.index_copy_(0, idx, sub)
         return out
+
+    def _apply_masked(
+        self,
+        x: Tensor,
+        active: Tensor,
+        order: Tensor,
+        factors: list[Tensor],
+        enabled: list[int],
+    ) -> Tensor:
+        """The same jitter without row selection (accelerators): at every position each op
+        runs on the whole batch with its factor where the sample has that op there and the
+        op's neutral value (1, or a hue shift of 0) elsewhere; a hue shift is applied only
+        where it was drawn (``torch.where``), since an HSV round trip is not exactly the
+        identity."""
+        for pos in range(4):
+            for k in enabled:
+                here = active & (order[:, pos] == k)
+                if k == 3:
+                    shifted = self._inplace_fns[k](x, factors[k])
+                    x = torch.where(here.reshape(-1, 1, 1, 1), shifted, x)
+                else:
+                    neutral = torch.ones_like(factors[k])  # x * 1 (+ 0): exactly x
+                    x = self._inplace_fns[k](x, torch.where(here, factors[k], neutral))
+        return x
 
     def _repr_fields(self) -> dict[str, Any]:
         return {

@@ -85,8 +85,9 @@ def run_config(method: str, recipe: str, minutes: float, seed: int, extra: list[
     return out
 
 
-def run_dir_of(root: Path, method: str, minutes: float, seed: int, extra: list[str]) -> Path:
-    tag = f"{method}_{minutes:g}min_s{seed}"
+def run_dir_of(root: Path, method: str, minutes: float, seed: int, extra: list[str],
+               threads: int | None) -> Path:  # fmt: skip
+    tag = f"{method}_{minutes:g}min_s{seed}" + (f"_t{threads}" if threads else "")
     if extra:
         tag += "_" + hashlib.sha1(" ".join(sorted(extra)).encode()).hexdigest()[:8]
     return root / tag
@@ -99,8 +100,6 @@ def train_or_reuse(method: str, recipe: str, run_dir: Path, overrides: list[str]
     if summary.exists():
         have = yaml.safe_load((run_dir / "config.yaml").read_text())
         want = yaml.safe_load(dump_config(cfg))
-        for d in (have, want):
-            d.get("train", {}).pop("num_threads", None)
         if have != want:
             raise SystemExit(f"{run_dir} holds a finished run of another configuration")
         return json.loads(summary.read_text())
@@ -204,7 +203,7 @@ def main() -> None:
         recipe = recipes.get(method, recipe_of(method))
         extra = [o.split(":", 1)[1] if ":" in o.split("=", 1)[0] else o for o in args.overrides
                  if ":" not in o.split("=", 1)[0] or o.startswith(f"{method}:")]  # fmt: skip
-        run_dir = run_dir_of(Path(args.runs), method, args.minutes, args.seed, extra)
+        run_dir = run_dir_of(Path(args.runs), method, args.minutes, args.seed, extra, args.threads)
         overrides = run_config(method, recipe, args.minutes, args.seed, extra, args.threads)
         print(f"== {method}: {recipe} {' '.join(extra)} -> {run_dir}", flush=True)
         summary = train_or_reuse(method, recipe, run_dir, overrides)
@@ -216,6 +215,7 @@ def main() -> None:
             "images_seen": summary["images_seen"], "train_minutes": summary["seconds"] / 60,
             "images_per_second": summary["images_per_second"],
             "precision": _precision(run_dir), "run_dir": str(run_dir),
+            "threads": args.threads or torch.get_num_threads(),
         }  # fmt: skip
         row.update(evaluate(run_dir, args.split, args.linear_epochs))
         if args.split == "test":

@@ -133,7 +133,9 @@ def evaluate(run_dir: Path, split: str, linear_epochs: int) -> dict[str, Any]:
     if split == "val":
         data = load_eval_data("cifar10", holdout=HOLDOUT)
         r = evaluate_encoder(str(run_dir), data, protocols=("knn",))
-        return {"val_knn_top1": r["knn@200"], "val_knn20_top1": r["knn@20"]}
+        rnd = evaluate_encoder(f"random:{run_dir}", data, protocols=("knn",))
+        return {"val_knn_top1": r["knn@200"], "val_knn20_top1": r["knn@20"],
+                "val_random_knn_top1": rnd["knn@200"]}  # fmt: skip
     data = load_eval_data("cifar10")
     out: dict[str, Any] = {}
     for prefix, spec in (("", str(run_dir)), ("random_", f"random:{run_dir}")):

@@ -403,7 +403,8 @@ def test_recipes_load(recipe):
     mc = cfg.method_config()
     assert cfg.method == "dino" and mc.norm_last_layer
     if recipe == "dino_cifar10_cpu":
-        assert cfg.backbone.width == 0.25 and cfg.data.subset == 20000
+        assert cfg.backbone.width == 0.25 and cfg.data.subset is None  # every training image
+        assert mc.use_bn_in_head and cfg.train.optimizer.name == "lars"
         assert cfg.train.batch_size == 256 and mc.num_local_crops == 2 and mc.out_dim == 1024
         # a teacher that follows within a ~250-step run, and sharp targets (see the recipe)
         assert mc.base_momentum == 0.99 and mc.teacher_temp == mc.warmup_teacher_temp == 0.04

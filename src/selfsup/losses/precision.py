@@ -48,6 +48,9 @@ def full_precision(fn: F) -> F:
         devices = _device_types(args) | _device_types(kwargs.values()) or {"cpu"}
         args = tuple(_to_fp32(a) for a in args)
         kwargs = {k: _to_fp32(v) for k, v in kwargs.items()}
+        if len(devices) == 1:  # the usual case, and the form torch.compile traces
+            with torch.autocast(devices.pop(), enabled=False):
+                return fn(*args, **kwargs)
         with contextlib.ExitStack() as stack:
             for device in sorted(devices):
                 stack.enter_context(torch.autocast(device, enabled=False))

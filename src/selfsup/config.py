@@ -49,6 +49,10 @@ class DataConfig(Section):
     cache_dir: str | None = None
     download: bool = False
     grayscale: bool = False
+    max_skipped_fraction: float = Field(default=0.1, ge=0, le=1)
+    """Image folders: stop before training when more than this fraction of the image files
+    cannot be used (broken links, unreadable, corrupt); fewer are skipped and listed in
+    ``RUN/skipped_files.json``."""
 
 
 class EvalDataConfig(Section):

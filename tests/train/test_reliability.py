@@ -234,6 +234,7 @@ def test_folder_with_odd_and_huge_images_trains(tmp_path):
     good = (root / "grey.png").read_bytes()
     (root / "truncated.png").write_bytes(good[: len(good) // 2])
     cfg = load_config("simclr", None, [f"data.source={tmp_path / 'imgs'}", "data.image_size=16",
+                                       "data.max_skipped_fraction=0.2",  # 1 bad file of 7
                                        f"out_dir={tmp_path / 'run'}", *COMMON,
                                        "train.batch_size=4", "train.max_steps=1"])
     Trainer(cfg).fit()

@@ -151,6 +151,7 @@ def load_training_source(cfg: RunConfig) -> ImageSource:
         cache_dir=d.cache_dir,
         download=d.download,
         grayscale=d.grayscale,
+        max_skipped_fraction=d.max_skipped_fraction,
     )
     if d.holdout is not None:
         source, _ = holdout_split(source, d.holdout)
@@ -380,6 +381,7 @@ class Trainer:
                 "images_per_second": rate,
                 "images_seen": run.step * cfg.train.batch_size,
                 "skipped_steps": run.skipped_steps,
+                "skipped_files": len(run.source.skipped),
                 "method": cfg.method,
                 "backbone": cfg.backbone.name,
                 "images": len(run.source),

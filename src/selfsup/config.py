@@ -187,7 +187,8 @@ class TrainConfig(Section):
     on_nonfinite: Literal["stop", "skip"] = "stop"
     """A NaN/Inf loss or gradient: ``stop`` (keep the last good checkpoint) or ``skip`` the step."""
     max_skipped_steps: int = Field(default=20, ge=0)
-    """With ``on_nonfinite: skip``, stop anyway after this many skipped steps."""
+    """With ``on_nonfinite: skip``, stop anyway after more than this many non-finite steps in a
+    row (scattered ones are all skipped, and counted in ``skipped_steps``)."""
     collapse_threshold: float = Field(default=0.05, ge=0)
     """Warn when the method's ``embedding_spread`` metric (1 = spread, 0 = collapsed) is below."""
     collapse_min_effective_rank: float = Field(default=1.5, ge=0)

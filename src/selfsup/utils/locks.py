@@ -74,6 +74,7 @@ class RunDirLock:
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / self.NAME
         self._file: Any = None
+        self._created: list[Path] = []  # folders acquire made (removed again if left empty)
         self.taken_over: dict[str, Any] | None = None
         """The holder recorded in a stale lock this process took over, else None."""
 
@@ -98,17 +99,25 @@ class RunDirLock:
     def acquire(self, *, take_over_stale: bool) -> None:
         """Take the lock, or raise :class:`RunDirLockedError` saying who holds it and what to
         do."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = self._lock_file()
+        folder = self.path.parent
+        self._created = [p for p in (folder, *folder.parents) if not p.exists()]
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            f = self._lock_file()
+        except RunDirLockedError:
+            self._created = []
+            raise
         holder = self._recorded_holder()
         if holder is not None and holder.get("pid") != os.getpid():
             here = holder.get("host") == socket.gethostname()
             pid = holder.get("pid")
             if fcntl is None and here and isinstance(pid, int) and _pid_alive(pid):
                 f.close()  # no flock to ask: a live pid on this host is taken as the holder
+                self._created = []
                 raise RunDirLockedError(f"{self.path.parent} is in use by {self.describe(holder)}")
             if not take_over_stale:
                 f.close()
+                self._created = []
                 where = "" if here else " (on another host: check that it is not running there)"
                 raise RunDirLockedError(
                     f"{self.path.parent} holds a stale lock from {self.describe(holder)}, a run "
@@ -154,13 +163,21 @@ class RunDirLock:
             f.close()
 
     def release(self) -> None:
-        """Remove the lock file and let go of the lock (nothing if not held)."""
+        """Remove the lock file and let go of the lock (nothing if not held); folders that
+        :meth:`acquire` made and nothing else filled are removed too (a run refused during its
+        set-up leaves nothing behind)."""
         if self._file is None:
             return
         with contextlib.suppress(OSError):
             self.path.unlink()
         self._file.close()  # closing releases the flock
         self._file = None
+        for folder in self._created:  # deepest first; stops at the first one in use
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        self._created = []
 
     def __enter__(self) -> RunDirLock:
         return self

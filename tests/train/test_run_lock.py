@@ -17,6 +17,7 @@ from selfsup.config import load_config
 from selfsup.errors import TrainingError
 from selfsup.train import Callback, Trainer
 from selfsup.train.metrics_log import read_metrics
+from selfsup.utils.io import latest_checkpoint
 from selfsup.utils.locks import RunDirLock
 
 
@@ -65,17 +66,44 @@ def test_the_lock_is_held_while_training_and_released_after(tiny_npz, tmp_path):
     Trainer(cfg_for(tiny_npz, run, "train.max_steps=3"), resume=True).fit()  # free again
 
 
+class Die(Exception):
+    """Stands in for kill -9 at step 2: the lock file stays, naming a process that is gone."""
+
+
+class DieAt2(Callback):
+    def on_step_end(self, run, out) -> None:
+        if run.step == 2:
+            raise Die
+
+
 @pytest.mark.parametrize("where", ["this host, dead pid", "another host"])
-def test_a_stale_lock_is_taken_over_on_resume_only(tiny_npz, tmp_path, capsys, where):
+def test_a_stale_lock_over_checkpoints_is_taken_over_on_resume_only(tiny_npz, tmp_path, capsys,
+                                                                    where):  # fmt: skip
     run = tmp_path / "run"
+    with pytest.raises(Die):
+        Trainer(cfg_for(tiny_npz, run, "train.checkpoint_every_steps=1"),
+                callbacks=[DieAt2()]).fit()  # fmt: skip
     host, pid = (socket.gethostname(), _dead_pid()) if where.startswith("this") else ("far", 1)
-    _stale_lock(run, host, pid)
+    (run / ".lock").write_text(json.dumps({"pid": pid, "host": host, "started": "yesterday"}))
     with pytest.raises(TrainingError, match=rf"stale lock from pid {pid} on host {host}.*--resume"):
-        Trainer(cfg_for(tiny_npz, run)).fit()
+        Trainer(cfg_for(tiny_npz, run, "train.max_steps=3")).fit()
     assert (run / ".lock").exists()  # left for the user to see
-    Trainer(cfg_for(tiny_npz, run), resume=True).fit()
+    Trainer(cfg_for(tiny_npz, run, "train.max_steps=3"), resume=True).fit()
     assert f"taking over {run / '.lock'} from pid {pid} on host {host}" in capsys.readouterr().out
     assert read_metrics(run)[-1]["event"] == "end" and not (run / ".lock").exists()
+
+
+def test_a_stale_lock_without_checkpoints_is_taken_over_by_a_fresh_run(tiny_npz, tmp_path,
+                                                                      capsys):  # fmt: skip
+    """Nothing to continue or to mix up: the dead run never checkpointed (as when a sweep or
+    the quickstart, which resume only where a checkpoint exists, is run again)."""
+    run = tmp_path / "run"
+    pid = _dead_pid()
+    _stale_lock(run, socket.gethostname(), pid)
+    (run / "metrics.jsonl").write_text('{"event": "start"}\n{"step": 1, "loss": 9.0}\n')
+    Trainer(cfg_for(tiny_npz, run)).fit()
+    assert f"from pid {pid} on host {socket.gethostname()}" in capsys.readouterr().out
+    assert [r["step"] for r in read_metrics(run) if "loss" in r and "event" not in r] == [2]
 
 
 @pytest.mark.slow
@@ -88,11 +116,12 @@ def test_a_second_process_is_refused_and_a_killed_ones_lock_taken_over(tiny_npz,
             f"out_dir={run}", "backbone.name=resnet_tiny", "train.batch_size=16",
             "train.epochs=50", "train.max_steps=400", "train.precision=fp32",
             "train.progress=false", "train.tensorboard=false", "train.num_threads=1",
-            "train.log_every_steps=1", "method_args.proj_hidden_dim=16",
-            "method_args.proj_out_dim=8", "eval_data.source=null"]  # fmt: skip
+            "train.log_every_steps=1", "train.checkpoint_every_steps=1",
+            "method_args.proj_hidden_dim=16", "method_args.proj_out_dim=8",
+            "eval_data.source=null"]  # fmt: skip
     first = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not any("loss" in r for r in read_metrics(run)) and time.time() < deadline:
+    while latest_checkpoint(run) is None and time.time() < deadline:
         time.sleep(0.05)
     second = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True)
     assert second.returncode == 1

@@ -521,14 +521,16 @@ class Trainer:
         )  # fmt: skip
 
     def _lock_run_dir(self) -> None:
-        """Take the run directory's lock (one writer; a stale lock of a dead process only with
-        ``--resume``), then refuse to start a new run over another's checkpoints."""
+        """Take the run directory's lock (one writer), then refuse to start a new run over
+        another's checkpoints. A stale lock (its process is gone) is taken over with
+        ``--resume``, or where the dead run left no checkpoint to continue."""
+        take_over = self.resume or latest_checkpoint(self.run_dir) is None
         try:
-            self.run_lock.acquire(take_over_stale=self.resume)
+            self.run_lock.acquire(take_over_stale=take_over)
         except RunDirLockedError as err:
             raise TrainingError(str(err)) from None
         if self.run_lock.taken_over is not None:
-            print(f"--resume: taking over {self.run_lock.path} from "
+            print(f"taking over {self.run_lock.path} from "
                   f"{RunDirLock.describe(self.run_lock.taken_over)}, which is gone")  # fmt: skip
         if not self.resume and latest_checkpoint(self.run_dir) is not None:
             raise TrainingError(

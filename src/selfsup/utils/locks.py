@@ -64,9 +64,10 @@ class RunDirLock:
     raises :class:`RunDirLockedError` naming that process. A lock file left by a process that
     died (``kill -9``, a crash, a reboot) is *stale*: nobody holds the lock, and where the host
     is this one, the pid it names is gone. A stale lock is taken over only when
-    ``take_over_stale`` (``--resume``) is set, and then reported by :attr:`taken_over`; a fresh
-    run into a directory some process was killed in is refused, so that nobody mixes two runs
-    by accident. :meth:`release` (or leaving the ``with`` block) removes the file.
+    ``take_over_stale`` is set (the trainer sets it for ``--resume``, and where the dead run left
+    no checkpoint), and then reported by :attr:`taken_over`; otherwise it is refused, so that
+    nobody starts a new run over a killed one's checkpoints by accident. :meth:`release` (or
+    leaving the ``with`` block) removes the file.
     """
 
     NAME = ".lock"

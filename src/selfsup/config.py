@@ -212,6 +212,19 @@ class RunConfig(Section):
     method_args: dict[str, Any] = Field(default_factory=dict)
     """Method-specific options, validated by the method's own config class."""
 
+    @field_validator("out_dir")
+    @classmethod
+    def _check_out_dir(cls, value: str) -> str:
+        try:
+            value.format(method="m")
+        except (KeyError, IndexError, ValueError, AttributeError) as err:
+            raise ValueError(
+                f"may contain {{method}} and no other {{...}} field ({type(err).__name__}: {err})"
+            ) from None
+        if not value.strip():
+            raise ValueError("must name a directory")
+        return value
+
     def method_config(self) -> BaseModel:
         from selfsup.methods import get_method
 

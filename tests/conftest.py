@@ -29,6 +29,12 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture
+def bf16_cpu(monkeypatch):
+    """precision=auto picks bf16 here, as on a CPU with native bf16 (SELFSUP_FORCE_BF16=1)."""
+    monkeypatch.setenv("SELFSUP_FORCE_BF16", "1")
+
+
+@pytest.fixture
 def tiny_npz(tmp_path):
     """A labeled .npz of 64 RGB 16x16 images in 4 classes; returns its path."""
     images, labels = make_pattern_images(64)

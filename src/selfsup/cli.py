@@ -6,6 +6,7 @@ Run ``selfsup COMMAND --help`` for each command's options.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -549,6 +550,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("selfsup: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"selfsup: error: no space left on the device: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

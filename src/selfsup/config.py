@@ -49,6 +49,10 @@ class DataConfig(Section):
     cache_dir: str | None = None
     download: bool = False
     grayscale: bool = False
+    max_skipped_fraction: float = Field(default=0.1, ge=0, le=1)
+    """Image folders: stop before training when more than this fraction of the image files
+    cannot be used (broken links, unreadable, corrupt); fewer are skipped and listed in
+    ``RUN/skipped_files.json``."""
 
 
 class EvalDataConfig(Section):
@@ -183,7 +187,8 @@ class TrainConfig(Section):
     on_nonfinite: Literal["stop", "skip"] = "stop"
     """A NaN/Inf loss or gradient: ``stop`` (keep the last good checkpoint) or ``skip`` the step."""
     max_skipped_steps: int = Field(default=20, ge=0)
-    """With ``on_nonfinite: skip``, stop anyway after this many skipped steps."""
+    """With ``on_nonfinite: skip``, stop anyway after more than this many non-finite steps in a
+    row (scattered ones are all skipped, and counted in ``skipped_steps``)."""
     collapse_threshold: float = Field(default=0.05, ge=0)
     """Warn when the method's ``embedding_spread`` metric (1 = spread, 0 = collapsed) is below."""
     collapse_min_rank_fraction: float = Field(default=0.05, ge=0, le=1)
@@ -210,6 +215,19 @@ class RunConfig(Section):
     train: TrainConfig = TrainConfig()
     method_args: dict[str, Any] = Field(default_factory=dict)
     """Method-specific options, validated by the method's own config class."""
+
+    @field_validator("out_dir")
+    @classmethod
+    def _check_out_dir(cls, value: str) -> str:
+        try:
+            value.format(method="m")
+        except (KeyError, IndexError, ValueError, AttributeError) as err:
+            raise ValueError(
+                f"may contain {{method}} and no other {{...}} field ({type(err).__name__}: {err})"
+            ) from None
+        if not value.strip():
+            raise ValueError("must name a directory")
+        return value
 
     def method_config(self) -> BaseModel:
         from selfsup.methods import get_method

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from selfsup.config import RunConfig
-from selfsup.evaluate.features import extract_features
+from selfsup.evaluate.features import EVAL_PRECISION, extract_features
 from selfsup.evaluate.knn import knn_accuracy
 from selfsup.evaluate.protocols import EvalData, load_eval_data
 from selfsup.train import Callback, StepOutput, Trainer, TrainingRun, TrainResult
@@ -26,6 +26,8 @@ class OnlineKnn(Callback):
 
     Images are prepared as the encoder sees them (its ``encoder.json`` meta: channels, input
     space, normalisation); the bank is ``eval_data``'s train split, the queries its test split.
+    Features are computed in fp32 whatever ``train.precision`` is, as every evaluation
+    protocol does (:data:`selfsup.evaluate.features.EVAL_PRECISION`).
     """
 
     serves = "train.knn_monitor"
@@ -69,7 +71,7 @@ class OnlineKnn(Callback):
             normalize=cfg.normalize,
             in_channels=meta["in_channels"],
             device=run.device,
-            precision=cfg.train.precision,
+            precision=EVAL_PRECISION,  # the number `selfsup eval knn` gives, on any CPU
             input_space=meta["input_space"],
         )
         encoder = run.method.encoder

@@ -82,6 +82,14 @@ def test_sigkill_at_random_points_then_resume_gives_identical_weights(tiny_npz, 
     for key in a:
         assert torch.equal(a[key], b[key]), key
 
+    def rows(run_dir):  # every record but the timing ones
+        return [{k: v for k, v in r.items() if k != "images_per_second"}
+                for r in read_metrics(run_dir) if r.get("event") != "end"]  # fmt: skip
+
+    assert rows(run) == rows(straight)  # one row per step: nothing repeated after the kills
+    segments = json.loads((run / "summary.json").read_text())["segments"]
+    assert sum(s["steps"] for s in segments) == total and len(segments) >= 2
+
 
 @pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_with_a_message(tiny_npz, tmp_path):
@@ -234,6 +242,7 @@ def test_folder_with_odd_and_huge_images_trains(tmp_path):
     good = (root / "grey.png").read_bytes()
     (root / "truncated.png").write_bytes(good[: len(good) // 2])
     cfg = load_config("simclr", None, [f"data.source={tmp_path / 'imgs'}", "data.image_size=16",
+                                       "data.max_skipped_fraction=0.2",  # 1 bad file of 7
                                        f"out_dir={tmp_path / 'run'}", *COMMON,
                                        "train.batch_size=4", "train.max_steps=1"])
     Trainer(cfg).fit()
@@ -279,3 +288,41 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tiny_npz, tmp_
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert "resuming" in finished.stdout and "from step 2" in finished.stdout
     assert not (run / "checkpoints" / ".step_00000003.partial").exists()
+
+
+def _poison_calls(monkeypatch, calls_to_poison):
+    original = SimCLR.forward
+    calls = {"n": 0}
+
+    def forward(self, *args, **kwargs):
+        loss, metrics = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] in calls_to_poison:
+            loss = loss * float("nan")
+        return loss, metrics
+
+    monkeypatch.setattr(SimCLR, "forward", forward)
+
+
+def test_skip_tolerates_scattered_non_finite_steps(tiny_npz, tmp_path, monkeypatch):
+    """train.max_skipped_steps counts non-finite steps in a row: three scattered ones pass
+    with a limit of 1, and every one is counted."""
+    run = tmp_path / "run"
+    _poison_calls(monkeypatch, {3, 6, 9})
+    Trainer(cfg_for(tiny_npz, run, "train.on_nonfinite=skip", "train.max_skipped_steps=1")).fit()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 12 and summary["skipped_steps"] == 3
+
+
+def test_skip_stops_after_too_many_non_finite_steps_in_a_row(tiny_npz, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    _poison_calls(monkeypatch, {5, 6, 7})  # steps 4, 5, 6 (0-based) in a row
+    with pytest.raises(TrainingError, match=r"at step 6 .* 3 in a row, more than "
+                                            r"train.max_skipped_steps=2"):
+        Trainer(cfg_for(tiny_npz, run, "train.on_nonfinite=skip",
+                        "train.max_skipped_steps=2")).fit()  # fmt: skip
+    assert latest_checkpoint(run).name == "step_00000006"  # steps 5 and 6 were skipped ones
+    weights = load_file(str(latest_checkpoint(run) / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    events = [r["step"] for r in read_metrics(run) if r.get("event") == "skipped_step"]
+    assert events == [4, 5]  # the third stopped the run

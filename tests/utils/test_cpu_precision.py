@@ -65,8 +65,22 @@ def test_native_bf16_falls_back_to_the_os_flags_when_torch_does_not_know(
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     monkeypatch.setattr(precision, "cpu_info", lambda: cpu_info(text))
+    monkeypatch.delenv(precision.FORCE_BF16_ENV, raising=False)
     precision.cpu_has_fast_bf16.cache_clear()
     try:
         assert precision.cpu_has_fast_bf16() is expected
     finally:
         precision.cpu_has_fast_bf16.cache_clear()
+
+
+@pytest.mark.parametrize("forced, expected", [("1", True), ("0", False)])
+def test_force_bf16_switch_overrides_the_probe(monkeypatch, forced, expected):
+    """SELFSUP_FORCE_BF16 lets CI take the bf16 paths of a newer CPU (1) or the fp32 paths
+    of an older one (0) on whatever machine it has."""
+    monkeypatch.setattr(precision, "_probe_fast_bf16", lambda: not expected)
+    monkeypatch.setenv(precision.FORCE_BF16_ENV, forced)
+    assert precision.cpu_has_fast_bf16() is expected
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, "auto") == (torch.bfloat16 if expected else None)
+    monkeypatch.delenv(precision.FORCE_BF16_ENV)
+    assert precision.cpu_has_fast_bf16() is (not expected)

@@ -3,8 +3,11 @@
 Every source ends up as an :class:`ImageSource` holding a uint8 array of shape
 ``(N, H, W, C)`` with ``H == W`` (for folders and resized sources) and ``C`` in ``{1, 3}``.
 Image folders are decoded once with PIL into a ``.npy`` cache that later runs open with
-``np.load(mmap_mode="r")``; the cache key covers the file list (sizes and mtimes), the
-image size, the colour mode and a format version, so any change rebuilds it.
+``np.load(mmap_mode="r")``; the cache key covers the file list (relative paths, sizes and
+mtimes), the image size, the colour mode and a format version, so any change rebuilds it, but
+not the folder's location (a moved or re-mounted folder keeps its cache). A file that cannot
+be used (broken link, vanished, unreadable, corrupt, not an image, over Pillow's
+decompression-bomb limit) is skipped and listed in ``ImageSource.skipped`` with the reason.
 
 Channel handling: sources are never silently turned into RGB. One-channel data (MNIST,
 grey npz files) stays ``C == 1`` unless the caller converts it; ``grayscale=True`` turns
@@ -15,7 +18,9 @@ need 3 channels call :meth:`ImageSource.to_rgb`.
 
 Cache: ``cache_dir`` argument, else ``$SELFSUP_CACHE``, else ``~/.cache/selfsup``. Files are
 written atomically (temp file + ``os.replace``), so concurrent builders (e.g. several DDP
-ranks) never see a half-written cache; to avoid decoding twice, build on rank 0 first.
+ranks) never see a half-written cache; a folder's entry is built by one process at a time
+(a lock file; the others wait, then open it), and one that fails its checks (shape, labels, a
+digest of sampled blocks) is rebuilt.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,12 +38,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError, features
+
+from selfsup.utils.locks import exclusive_lock
 
 logger = logging.getLogger("selfsup.data")
 
 #: Bumped whenever the on-disk cache layout or the decoding rules change.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
 #: Image size used for image folders when ``image_size`` is not given.
 DEFAULT_FOLDER_IMAGE_SIZE = 64
 #: File extensions (lower case) considered images inside a folder.
@@ -53,6 +61,7 @@ IMAGE_EXTENSIONS = (
     ".tiff",
     ".webp",
     ".gif",
+    *((".avif",) if features.check("avif") else ()),
 )
 
 _TORCHVISION_DATASETS = ("cifar10", "cifar100", "stl10", "svhn", "mnist", "fashion_mnist")
@@ -391,11 +400,11 @@ def _finish_arrays(
     if needs_resize:
         key = _hash({**key_parts, "size": image_size, "gray": grayscale, "v": CACHE_FORMAT_VERSION})
         path = cache_dir / f"{_safe(name)}-{image_size}px-{key}.npy"
-        if not path.exists():
+        shape = (len(images), image_size, image_size, images.shape[-1])
+        if not _is_complete_npy(path, shape):
             logger.info(
                 "%s: resizing %d images to %dpx into %s", name, len(images), image_size, path
             )
-            shape = (len(images), image_size, image_size, images.shape[-1])
 
             def write(tmp: Path) -> None:
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
@@ -409,6 +418,23 @@ def _finish_arrays(
             _atomic_write(path, write)
         images = np.load(path, mmap_mode="r")
     return ImageSource(images=images, labels=labels, classes=classes, name=name)
+
+
+def _is_complete_npy(path: Path, shape: tuple[int, ...]) -> bool:
+    """Whether ``path`` is a readable uint8 ``.npy`` of ``shape`` (a torn or foreign file is
+    not, and gets rebuilt)."""
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except FileNotFoundError:
+        return False
+    except Exception:  # noqa: BLE001 - unreadable = corrupt
+        logger.warning("cache %s is corrupt; rebuilding it", path)
+        return False
+    if arr.dtype != np.uint8 or arr.shape != shape:
+        logger.warning("cache %s has %s %s, not uint8 %s; rebuilding it", path, arr.dtype,
+                       arr.shape, shape)  # fmt: skip
+        return False
+    return True
 
 
 def _safe(name: str) -> str:
@@ -426,7 +452,8 @@ def _load_npz(
         labels = data["labels"].astype(np.int64).reshape(-1) if "labels" in members else None
         classes = [str(c) for c in data["classes"].reshape(-1)] if "classes" in members else None
     st = path.stat()
-    key_parts = {"npz": str(path.resolve()), "bytes": st.st_size, "mtime": st.st_mtime_ns}
+    # the file's name and identity, not its location: a moved data set keeps its cache
+    key_parts = {"npz": path.name, "bytes": st.st_size, "mtime": st.st_mtime_ns}
     return _finish_arrays(
         images,
         labels,
@@ -469,13 +496,18 @@ def _pil_to_8bit(im: Image.Image) -> Image.Image:
 def _decode_image(path: str, image_size: int, grayscale: bool) -> np.ndarray:
     """Decode one file to ``(image_size, image_size, C)`` uint8, C = 1 if ``grayscale`` else 3.
 
-    Raises on unreadable, truncated or non-image files. Transparent images are composited
-    on white; EXIF orientation is applied; the shorter side is resized to ``image_size``
+    Raises on unreadable, truncated or non-image files, on images with a zero side and on
+    images over Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, twice over).
+    Animated and multi-page files give their first frame; transparent images are composited on
+    white; EXIF orientation is applied; the shorter side is resized to ``image_size``
     (antialiased bilinear) and the centre is cropped.
     """
     with Image.open(path) as im:
+        if 0 in im.size:
+            raise ValueError(f"the image has a zero side ({im.size[0]}x{im.size[1]})")
         if im.format == "JPEG":
             im.draft(im.mode, (image_size, image_size))  # fast DCT downscale, keeps >= size
+        im.seek(0)  # the first frame of an animation or a multi-page file
         im.load()  # raises on truncated data
         try:
             im = ImageOps.exif_transpose(im)
@@ -492,49 +524,113 @@ def _decode_image(path: str, image_size: int, grayscale: bool) -> np.ndarray:
     return arr
 
 
+def _why_unreadable(err: BaseException, path: Path) -> str:
+    """A short reason for ``skipped_files.json``: what went wrong with ``path``."""
+    if isinstance(err, FileNotFoundError):
+        if path.is_symlink():
+            return f"broken symbolic link (to {os.readlink(path)}, which does not exist)"
+        return "the file vanished after the folder was listed"
+    if isinstance(err, PermissionError):
+        return "permission denied"
+    if isinstance(err, Image.DecompressionBombError):
+        return f"larger than Pillow's decompression-bomb limit: {err}"
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image Pillow can read (unknown format, or a malformed or zero-size header)"
+    text = str(err)
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
 def _scan_folder(
     root: Path,
 ) -> tuple[list[str], list[int] | None, list[str] | None, list[tuple[str, str]]]:
-    """Return (relative image files, labels or None, classes or None, ignored files).
+    """Return (relative image files, labels or None, classes or None, ignored entries).
 
-    Sub-folders of ``root`` are classes (sorted names; files found recursively inside);
-    without sub-folders the top-level files are an unlabeled set. Hidden entries (names
-    starting with ``.``) are ignored silently; other non-image files are returned as
-    ``(relative path, reason)``.
+    Sub-folders of ``root`` are classes (sorted names; files found recursively inside,
+    following symbolic links but never into the same folder twice); without sub-folders the
+    top-level files are an unlabeled set. Hidden entries (names starting with ``.``) are
+    ignored silently; other non-image files, folders named like image files (``x.jpg/``) and
+    folders that cannot be listed are returned as ``(relative path, reason)``.
     """
     entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
-    class_dirs = [p for p in entries if p.is_dir()]
     files: list[str] = []
     ignored: list[tuple[str, str]] = []
 
+    def image_named(path: Path) -> bool:
+        return path.suffix.lower() in IMAGE_EXTENSIONS
+
     def add(path: Path) -> bool:
         rel = path.relative_to(root).as_posix()
-        if path.suffix.lower() in IMAGE_EXTENSIONS:
+        if image_named(path):
             files.append(rel)
             return True
         ignored.append((rel, f"not an image extension ({path.suffix or 'none'})"))
         return False
 
+    named_like_images = [p for p in entries if p.is_dir() and image_named(p)]
+    ignored.extend((p.name, "a folder named like an image file") for p in named_like_images)
+    class_dirs = [p for p in entries if p.is_dir() and not image_named(p)]
     if not class_dirs:
         for p in entries:
-            add(p)
+            if not p.is_dir():
+                add(p)
         return files, None, None, ignored
     classes = [p.name for p in class_dirs]
     labels: list[int] = []
+    seen: set[str] = set()
+
+    def unlistable(err: OSError) -> None:
+        where = Path(err.filename or "?")
+        rel = where.relative_to(root).as_posix() if where.is_relative_to(root) else str(where)
+        ignored.append((rel, f"folder cannot be listed: {err.strerror or err}"))
+
     for label, d in enumerate(class_dirs):
-        for dirpath, dirnames, filenames in os.walk(d, followlinks=True):
-            dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+        for dirpath, dirnames, filenames in os.walk(d, followlinks=True, onerror=unlistable):
+            real = os.path.realpath(dirpath)
+            if real in seen:  # a symbolic link back into a folder already read
+                dirnames[:] = []
+                continue
+            seen.add(real)
+            here = Path(dirpath)
+            keep = []
+            for name in sorted(n for n in dirnames if not n.startswith(".")):
+                if image_named(here / name):
+                    rel = (here / name).relative_to(root).as_posix()
+                    ignored.append((rel, "a folder named like an image file"))
+                else:
+                    keep.append(name)
+            dirnames[:] = keep
             for fname in sorted(filenames):
-                if not fname.startswith(".") and add(Path(dirpath) / fname):
+                if not fname.startswith(".") and add(here / fname):
                     labels.append(label)
     ignored.extend((p.name, "not in a class folder") for p in entries if not p.is_dir())
     return files, labels, classes, ignored
 
 
+def _stat_files(
+    root: Path, rels: list[str]
+) -> tuple[list[tuple[str, int, int]], list[tuple[str, str]]]:
+    """(``(rel, size, mtime_ns)`` of every readable regular file, ``(rel, reason)`` of the
+    rest: broken links, files gone since the listing, special files such as FIFOs)."""
+    stats, bad = [], []
+    for rel in rels:
+        path = root / rel
+        try:
+            st = path.stat()
+        except OSError as err:
+            bad.append((rel, _why_unreadable(err, path)))
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            bad.append((rel, "not a regular file"))
+            continue
+        stats.append((rel, st.st_size, st.st_mtime_ns))
+    return stats, bad
+
+
 def _decode_all(
     root: Path, files: list[str], image_size: int, grayscale: bool, out: np.ndarray
 ) -> tuple[list[int], list[tuple[str, str]]]:
-    """Decode ``files`` into consecutive rows of ``out``; return (kept positions, skipped)."""
+    """Decode ``files`` into consecutive rows of ``out``; return (kept positions, skipped as
+    ``(relative path, reason)``)."""
     kept: list[int] = []
     skipped: list[tuple[str, str]] = []
 
@@ -542,7 +638,7 @@ def _decode_all(
         try:
             return _decode_image(str(root / rel), image_size, grayscale)
         except Exception as e:  # any failure = unreadable file
-            return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            return _why_unreadable(e, root / rel)
 
     workers = max(1, min(8, os.cpu_count() or 1))
     with (
@@ -551,7 +647,7 @@ def _decode_all(
     ):
         for i, result in enumerate(pool.map(work, files)):
             if isinstance(result, str):
-                skipped.append((str(root / files[i]), result))
+                skipped.append((files[i], result))
             else:
                 out[len(kept)] = result
                 kept.append(i)
@@ -559,43 +655,145 @@ def _decode_all(
     return kept, skipped
 
 
-def _load_folder(root: Path, *, image_size: int, grayscale: bool, cache_dir: Path) -> ImageSource:
+def _sampled_digest(path: Path, blocks: int = 16, block_size: int = 1 << 16) -> str:
+    """SHA-256 of a file's size and ``blocks`` evenly spaced blocks (first and last included):
+    cheap on a large cache, and it notices truncation, holes and overwritten regions."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        for i in range(blocks):
+            f.seek(max(0, size - block_size) * i // max(blocks - 1, 1))
+            h.update(f.read(block_size))
+    return h.hexdigest()[:32]
+
+
+def _open_cached_folder(npy_path: Path, meta_path: Path) -> tuple[np.ndarray, dict] | None:
+    """The cached images (memory-mapped) and meta of a folder, or None when the pair is
+    missing or does not check out (torn, truncated or overwritten files: rebuilt)."""
+    if not (npy_path.exists() and meta_path.exists()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        images = np.load(npy_path, mmap_mode="r")
+        labels = meta["labels"]
+        problems = [
+            images.dtype != np.uint8 and "dtype",
+            list(images.shape) != meta["shape"] and "shape",
+            labels is not None and len(labels) != len(images) and "labels",
+            _sampled_digest(npy_path) != meta["digest"] and "content",
+        ]
+    except Exception as err:  # noqa: BLE001 - unreadable = corrupt
+        problems = [f"{type(err).__name__}: {err}"]
+    problems = [p for p in problems if p]
+    if problems:
+        logger.warning("cache %s is corrupt (%s); rebuilding it", npy_path, ", ".join(problems))
+        return None
+    return images, meta
+
+
+def _load_folder(
+    root: Path,
+    *,
+    image_size: int,
+    grayscale: bool,
+    cache_dir: Path,
+    max_skipped_fraction: float | None = None,
+) -> ImageSource:
+    """Decode an image folder once into ``cache_dir`` (or open that cache).
+
+    The cache key is the folder's content as listed (relative paths, sizes, mtimes; the
+    unreadable entries), the resolution, the colour mode and :data:`CACHE_FORMAT_VERSION`, not
+    where the folder is: a moved or re-mounted folder finds its cache. One process builds an
+    entry at a time (a lock file), writing under temporary names that are renamed when
+    complete, the meta (with a digest of the images) last; a cache that fails its checks is
+    rebuilt.
+    """
     files, labels, classes, ignored = _scan_folder(root)
     name = root.resolve().name
-    stats = []
-    for rel in files + [rel for rel, _ in ignored]:
-        st = (root / rel).stat()
-        stats.append((rel, st.st_size, st.st_mtime_ns))
+    stats, unreadable = _stat_files(root, files)
+    readable = {rel for rel, _, _ in stats}
+    if unreadable:
+        keep = [i for i, rel in enumerate(files) if rel in readable]
+        labels = None if labels is None else [labels[i] for i in keep]
+        files = [files[i] for i in keep]
     key = _hash(
         {
-            "root": str(root.resolve()),
-            "files": sorted(stats),
+            "files": stats,
+            "unreadable": unreadable,
+            "ignored": ignored,
             "size": image_size,
             "gray": grayscale,
             "v": CACHE_FORMAT_VERSION,
         }
     )
-    stem = f"{_safe(name)}-{image_size}px-{key}"
-    npy_path, meta_path = cache_dir / f"{stem}.npy", cache_dir / f"{stem}.json"
+    tail = f"-{image_size}px-{key}"
+    with exclusive_lock(cache_dir / "locks" / f"folder{tail}.lock"):
+        found = _open_cached_folder(*_cache_paths(cache_dir, f"{_safe(name)}{tail}"))
+        if found is None:  # perhaps cached under the folder's old name
+            for other in sorted(cache_dir.glob(f"*{tail}.json")):
+                found = _open_cached_folder(other.with_suffix(".npy"), other)
+                if found is not None:
+                    break
+        if found is None:
+            found = _build_folder_cache(
+                root, files, labels, classes, ignored + unreadable, len(unreadable),
+                image_size, grayscale, *_cache_paths(cache_dir, f"{_safe(name)}{tail}"),
+            )  # fmt: skip
+    images, meta = found
+    skipped = [(str(root / rel), reason) for rel, reason in meta["skipped"]]
+    if max_skipped_fraction is not None:
+        _check_skipped_fraction(root, len(images), meta["unreadable_images"], skipped,
+                                max_skipped_fraction)  # fmt: skip
+    return ImageSource(
+        images=images,
+        labels=None if meta["labels"] is None else np.asarray(meta["labels"], np.int64),
+        classes=meta["classes"],
+        name=name,
+        skipped=skipped,
+    )
 
-    if meta_path.exists() and npy_path.exists():
-        meta = json.loads(meta_path.read_text())
-        images = np.load(npy_path, mmap_mode="r")
-        logger.info("%s: loaded %d cached images from %s", root, len(images), npy_path)
-        return ImageSource(
-            images=images,
-            labels=None if meta["labels"] is None else np.asarray(meta["labels"], np.int64),
-            classes=meta["classes"],
-            name=name,
-            skipped=[(p, r) for p, r in meta["skipped"]],
+
+def _cache_paths(cache_dir: Path, stem: str) -> tuple[Path, Path]:
+    return cache_dir / f"{stem}.npy", cache_dir / f"{stem}.json"
+
+
+def _check_skipped_fraction(
+    root: Path, decoded: int, unreadable: int, skipped: list[tuple[str, str]], limit: float
+) -> None:
+    """Refuse a folder where more than ``limit`` of the image files could not be used."""
+    tried = decoded + unreadable
+    if tried and unreadable / tried > limit:
+        shown = "; ".join(f"{p} ({r})" for p, r in skipped[:5])
+        raise ValueError(
+            f"{root}: {unreadable} of {tried} image files could not be read "
+            f"({unreadable / tried:.0%}, more than data.max_skipped_fraction={limit:g}): "
+            f"{shown}{'; ...' if len(skipped) > 5 else ''}. Fix or remove them, or raise "
+            "data.max_skipped_fraction."
         )
 
-    skipped = [(str(root / rel), reason) for rel, reason in ignored]
+
+def _build_folder_cache(
+    root: Path,
+    files: list[str],
+    labels: list[int] | None,
+    classes: list[str] | None,
+    skipped: list[tuple[str, str]],
+    unreadable: int,
+    image_size: int,
+    grayscale: bool,
+    npy_path: Path,
+    meta_path: Path,
+) -> tuple[np.ndarray, dict]:
+    """Decode ``files`` into ``npy_path`` and write ``meta_path`` (both atomically, the meta
+    last); ``skipped`` holds ``(relative path, reason)`` of what was left out already, of
+    which ``unreadable`` image files."""
+    skipped = list(skipped)
     kept: list[int] = []
+    not_decoded: list[tuple[str, str]] = []
 
     def report() -> None:
         if skipped:
-            shown = ", ".join(f"{p} ({r})" for p, r in skipped[:5])
+            shown = ", ".join(f"{root / p} ({r})" for p, r in skipped[:5])
             logger.warning(
                 "%s: skipped %d unreadable/non-image file(s): %s%s",
                 root,
@@ -615,6 +813,7 @@ def _load_folder(root: Path, *, image_size: int, grayscale: bool, cache_dir: Pat
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         good, bad = _decode_all(root, files, image_size, grayscale, out)
         kept.extend(good)
+        not_decoded.extend(bad)
         skipped.extend(bad)
         report()  # raises (and the temp file is removed) if nothing was readable
         if len(kept) == len(files):
@@ -637,25 +836,20 @@ def _load_folder(root: Path, *, image_size: int, grayscale: bool, cache_dir: Pat
             tmp2.unlink(missing_ok=True)
 
     _atomic_write(npy_path, write)
-    kept_labels = None if labels is None else [labels[i] for i in kept]
-    _save_json(
-        meta_path,
-        {
-            "labels": kept_labels,
-            "classes": classes,
-            "skipped": skipped,
-            "root": str(root.resolve()),
-            "image_size": image_size,
-            "version": CACHE_FORMAT_VERSION,
-        },
-    )
-    return ImageSource(
-        images=np.load(npy_path, mmap_mode="r"),
-        labels=None if kept_labels is None else np.asarray(kept_labels, np.int64),
-        classes=classes,
-        name=name,
-        skipped=skipped,
-    )
+    images = np.load(npy_path, mmap_mode="r")
+    meta = {
+        "labels": None if labels is None else [labels[i] for i in kept],
+        "classes": classes,
+        "skipped": skipped,
+        "unreadable_images": unreadable + len(not_decoded),
+        "shape": list(images.shape),
+        "digest": _sampled_digest(npy_path),
+        "root": str(root.resolve()),  # for information only: not part of the key
+        "image_size": image_size,
+        "version": CACHE_FORMAT_VERSION,
+    }
+    _save_json(meta_path, meta)
+    return images, meta
 
 
 # --------------------------------------------------------------------------------------
@@ -803,6 +997,7 @@ def load_source(
     cache_dir: str | None = None,
     download: bool = False,
     grayscale: bool = False,
+    max_skipped_fraction: float | None = None,
 ) -> ImageSource:
     """Load images described by ``spec`` into an :class:`ImageSource`.
 
@@ -829,6 +1024,9 @@ def load_source(
         cache_dir: cache location; default ``$SELFSUP_CACHE`` or ``~/.cache/selfsup``.
         download: allow torchvision to download a missing named dataset.
         grayscale: return one luminance channel (``C == 1``).
+        max_skipped_fraction: folders only: raise ``ValueError`` when more than this fraction
+            of the image files cannot be used (broken links, vanished, unreadable, corrupt,
+            not images); None accepts any number (they are listed in ``skipped``).
 
     Returns:
         An :class:`ImageSource` with uint8 images ``(N, H, W, C)``.
@@ -836,7 +1034,8 @@ def load_source(
     Raises:
         FileNotFoundError: the path does not exist, or a named dataset is missing and
             ``download`` is false.
-        ValueError: malformed npz, no readable image in a folder, bad split or dtype.
+        ValueError: malformed npz, no readable image in a folder (or more than
+            ``max_skipped_fraction`` unreadable), bad split or dtype.
     """
     if image_size is not None and image_size <= 0:
         raise ValueError(f"image_size must be positive, got {image_size}")
@@ -864,6 +1063,7 @@ def load_source(
             image_size=image_size or DEFAULT_FOLDER_IMAGE_SIZE,
             grayscale=grayscale,
             cache_dir=cache,
+            max_skipped_fraction=max_skipped_fraction,
         )
     if path.suffix.lower() == ".npz":
         return _load_npz(

@@ -5,6 +5,13 @@ Images are prepared as the encoder saw them in training, by its ``input_space`` 
 and normalised with the run's ``normalize`` statistics; ``lab_l`` / ``lab`` — RGB (grey is
 expanded) converted to CIE Lab and scaled exactly as in training (``(L - 50) / 50``, ab / 110),
 so a grey- or Lab-input encoder is judged on the same RGB data as every other encoder.
+
+Precision: every evaluation protocol (features for kNN, the linear probe, clustering, OOD and
+robustness; fine-tuning; the trainer's online kNN monitor) computes in
+:data:`EVAL_PRECISION`, fp32, unless a caller asks otherwise, and results record it. Training's
+``precision: auto`` picks bf16 on CPUs with native bf16 and fp32 elsewhere; evaluating that way
+would give one model different numbers on different CPUs (and different numbers from two
+protocols that put the autocast boundary in different places).
 """
 
 from __future__ import annotations
@@ -24,6 +31,16 @@ from selfsup.backbones import Backbone
 from selfsup.data import ImageSource
 from selfsup.methods.base import NORMALIZATION, normalization
 from selfsup.utils.precision import autocast_dtype
+
+EVAL_PRECISION = "fp32"
+"""The precision of every evaluation protocol unless told otherwise (module docstring)."""
+
+
+def precision_name(device: str | torch.device, precision: str) -> str:
+    """What ``precision`` (``auto``/``fp32``/``bf16``/``fp16``) resolves to on ``device``:
+    ``"fp32"``, ``"bf16"`` or ``"fp16"`` (recorded with results)."""
+    dtype = autocast_dtype(torch.device(device), precision)
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def match_channels(images: Tensor, channels: int) -> Tensor:
@@ -75,13 +92,14 @@ def extract_features(
     in_channels: int,
     batch_size: int = 512,
     device: str | torch.device = "cpu",
-    precision: str = "auto",
+    precision: str = EVAL_PRECISION,
     input_space: str = "rgb",
 ) -> Tensor:
     """Encoder features (N, D) float32 of every image in ``source``, without augmentation.
 
     ``input_space`` (module docstring) says how images become encoder inputs; ``normalize``
-    applies to ``rgb`` only.
+    applies to ``rgb`` only. ``precision`` is the autocast setting of the forward pass
+    (default fp32, the same features on every CPU).
     """
     device = torch.device(device)
     prepare = encoder_inputs(
@@ -118,17 +136,26 @@ def cached_features(
     in_channels: int,
     cache_dir: Path | None = None,
     input_space: str = "rgb",
+    device: str | torch.device = "cpu",
+    precision: str = EVAL_PRECISION,
     **kwargs: object,
 ) -> Tensor:
-    """:func:`extract_features`, memoised on disk by (encoder identity, dataset, preprocessing)."""
+    """:func:`extract_features`, memoised on disk by (encoder identity, dataset, preprocessing,
+    resolved precision). A cache file that cannot be read is recomputed."""
     cache_dir = cache_dir or default_cache_dir()
     text = f"{identity}|{dataset_key}|{len(source)}|{image_size}|{normalize}|{in_channels}"
     if input_space != "rgb":  # rgb keys are those of before input spaces existed
         text += f"|{input_space}"
+    text += f"|{precision_name(device, precision)}"
     key = hashlib.sha256(text.encode()).hexdigest()[:24]
     path = cache_dir / f"{key}.pt"
     if path.exists():
-        return torch.load(path, weights_only=True)
+        try:
+            feats = torch.load(path, weights_only=True)
+            if isinstance(feats, Tensor) and feats.shape[0] == len(source):
+                return feats
+        except Exception:  # noqa: BLE001 - a torn or foreign file: compute the features again
+            pass
     feats = extract_features(
         encoder,
         source,
@@ -136,10 +163,12 @@ def cached_features(
         normalize=normalize,
         in_channels=in_channels,
         input_space=input_space,
+        device=device,
+        precision=precision,
         **kwargs,  # type: ignore[arg-type]
     )
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per writer
     torch.save(feats, tmp)
     os.replace(tmp, path)
     return feats

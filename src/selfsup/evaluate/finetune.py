@@ -37,7 +37,7 @@ from selfsup.augment import build_pipeline
 from selfsup.augment.presets import crop_flip_pipeline
 from selfsup.backbones import Backbone
 from selfsup.data import ImageSource
-from selfsup.evaluate.features import encoder_inputs
+from selfsup.evaluate.features import EVAL_PRECISION, encoder_inputs, precision_name
 from selfsup.models import LoadedEncoder
 from selfsup.utils.precision import autocast_dtype
 
@@ -60,7 +60,9 @@ class FinetuneConfig:
     eval_every: int = 1
     seed: int = 0
     device: str = "cpu"
-    precision: str = "auto"
+    precision: str = EVAL_PRECISION
+    """Autocast setting of training and testing (fp32 by default: the same number on every
+    CPU; ``auto`` is bf16 on CPUs with native bf16)."""
     eval_batch_size: int = 512
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes recorded with the result."""
@@ -253,6 +255,7 @@ def finetune(
         "num_stages": len(encoder.stages()),
         "trainable_params": sum(p.numel() for p in params),
         "train_images": n,
+        "precision": precision_name(device, cfg.precision),
         "seconds": time.perf_counter() - t0,
         "config": {k: v for k, v in asdict(cfg).items() if k != "extra"} | cfg.extra,
     }

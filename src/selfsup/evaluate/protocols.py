@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from selfsup.data import ImageSource, holdout_split, load_source, random_subset_indices
-from selfsup.evaluate.features import cached_features
+from selfsup.evaluate.features import EVAL_PRECISION, cached_features, precision_name
 from selfsup.evaluate.knn import knn_accuracy
 from selfsup.evaluate.linear import linear_probe
 from selfsup.models import LoadedEncoder, load_encoder, load_encoder_with_head
@@ -129,6 +129,7 @@ def evaluate_encoder(
         "input_space": loaded.meta.get("input_space", "rgb"),
         "train_images": len(ftr),
         "test_images": len(fte),
+        "precision": precision_name(device, EVAL_PRECISION),
     }
     if head:
         result["head"] = head

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from selfsup.data import ImageSource
 from selfsup.evaluate.corruptions import corrupt, corruption_names, default_generator
-from selfsup.evaluate.features import extract_features
+from selfsup.evaluate.features import EVAL_PRECISION, extract_features, precision_name
 from selfsup.evaluate.linear import linear_probe
 from selfsup.evaluate.protocols import EvalData, features_for
 from selfsup.models import LoadedEncoder
@@ -106,5 +106,6 @@ def robustness(
                 feats = extract_features(encoder or loaded.encoder, bad, **common)
                 tables[key].setdefault(name, {})[severity] = _model_accuracy(clf, feats, yte)
     result: dict[str, Any] = {k: _summary(clean[k], tables[k]) for k in classifiers}
-    result.update(corruptions=names, severities=list(severities), test_images=len(data.test))
+    result.update(corruptions=names, severities=list(severities), test_images=len(data.test),
+                  precision=precision_name(device, EVAL_PRECISION))  # fmt: skip
     return result

@@ -32,7 +32,7 @@ import torch
 
 from selfsup.data import ImageSource, random_subset_indices
 from selfsup.evaluate.clustering import clustering_metrics
-from selfsup.evaluate.features import extract_features
+from selfsup.evaluate.features import EVAL_PRECISION, extract_features, precision_name
 from selfsup.evaluate.finetune import FinetuneConfig, finetune
 from selfsup.evaluate.knn import knn_accuracy
 from selfsup.evaluate.linear import linear_probe
@@ -193,6 +193,7 @@ def evaluate_all(
         "train_images": len(ftr),
         "test_images": len(fte),
         "axes": list(axes),
+        "precision": precision_name(opts.device, EVAL_PRECISION),
         "seconds": {},
     }
 

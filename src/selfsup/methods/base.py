@@ -46,6 +46,28 @@ StepResult = tuple[Tensor, dict[str, Any]]
 """What a training step returns: the scalar loss and a dict of metrics (floats or 0-d tensors)."""
 
 
+def check_training_batch(method: Method, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Refuse a batch :meth:`Method.forward` cannot take with a ``ValueError`` that says what is
+    wrong, before it fails deep inside a network: it must be a uint8 tensor (N, C, H, W) with
+    at least 2 images (batch statistics, negatives) and, for RGB-space encoders, the encoder's
+    channel count. Any H, W >= 1 is fine: the views are cropped and resized. Runs as a forward
+    pre-hook of every method."""
+    images = args[0] if args else kwargs.get("images")
+    where = f"{method.name or type(method).__name__}: a training batch"
+    if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
+        got = (f"{images.dtype} of shape {tuple(images.shape)}" if isinstance(images, Tensor)
+               else type(images).__name__)  # fmt: skip
+        raise ValueError(f"{where} is a uint8 tensor (N, C, H, W); got {got}")
+    if images.shape[0] < 2:
+        raise ValueError(f"{where} needs at least 2 images; got {tuple(images.shape)}")
+    expected = getattr(method.encoder, "in_channels", None)
+    if method.input_space == "rgb" and expected is not None and images.shape[1] != expected:
+        raise ValueError(
+            f"{where} must have the {expected} channel(s) the encoder was built for (the "
+            f"training data's); got {tuple(images.shape)}"
+        )
+
+
 class Method(nn.Module):
     """A self-supervised (or supervised-baseline) training objective around an encoder.
 
@@ -108,6 +130,7 @@ class Method(nn.Module):
         self.num_classes = num_classes
         self.pipeline = build_pipeline(augment or self.default_augment, image_size, mean, std)
         self.memory_format = torch.contiguous_format
+        self.register_forward_pre_hook(check_training_batch, with_kwargs=True)
         self.steps_per_epoch = 1
         """Optimizer steps per epoch; the trainer sets it through :meth:`on_train_start`."""
 

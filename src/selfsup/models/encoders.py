@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from selfsup.backbones import Backbone, build_backbone
 from selfsup.config import BackboneConfig
-from selfsup.utils.io import file_digest, latest_checkpoint
+from selfsup.utils.io import file_digest, latest_checkpoint, load_safetensors
 
 
 @dataclass
@@ -171,7 +170,7 @@ def load_encoder(
     weights, run_dir = _find_weights(path)
     meta = _meta_for(weights, run_dir)
     encoder = build_encoder(meta)
-    state = load_file(str(weights))
+    state = load_safetensors(weights)  # refuses pickles: loading never runs code
     missing, unexpected = encoder.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(

@@ -8,14 +8,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from selfsup.backbones import Backbone
 from selfsup.config import RunConfig, load_config
 from selfsup.data import ImageSource
 from selfsup.methods import Method, get_method, normalization
 from selfsup.models.encoders import LoadedEncoder, encoder_meta, make_encoder
-from selfsup.utils.io import file_digest, latest_checkpoint, read_json
+from selfsup.utils.io import file_digest, latest_checkpoint, load_safetensors, read_json
 
 
 def build_method(
@@ -71,7 +70,7 @@ def load_method(run_dir: str | Path, device: str | torch.device = "cpu") -> Meth
     enc = meta["encoder"]
     data_channels = enc.get("data_channels", enc["in_channels"])  # differ for Lab methods
     method = build_method(cfg, enc["image_size"], data_channels, meta.get("num_classes"))
-    method.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+    method.load_state_dict(load_safetensors(ckpt / "model.safetensors"))
     return method.to(device).eval()
 
 

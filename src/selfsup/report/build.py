@@ -624,6 +624,11 @@ def metric_rows(columns: Sequence[Column]) -> list[Row]:
         "min",
     )
     add("Training", "peak memory (RSS, MiB)", train("peak_rss_mib"), fmt_f1, "min")
+    add("Training", "skipped files", [c.summary.get("skipped_files") for c in columns],
+        fmt_int, "min")  # fmt: skip
+    add("Training", "sessions (resumes + 1)",
+        [len(c.summary["segments"]) if "segments" in c.summary else None for c in columns],
+        fmt_int, None)  # fmt: skip
     add("Training", "peak GPU memory (MiB)", train("peak_gpu_mib"), fmt_f1, "min")
     add(
         "Training",

@@ -40,6 +40,13 @@ class MetricsLogger:
                 if isinstance(value, (int, float)) and key not in {"step", "epoch"}:
                     self._tb.add_scalar(key, value, step)
 
+    def size(self) -> int | None:
+        """The bytes written to ``metrics.jsonl`` so far (every record is a whole line), or
+        None off the main process."""
+        if not self.enabled:
+            return None
+        return self.path.stat().st_size if self.path.exists() else 0
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
@@ -64,3 +71,32 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue  # a line cut short by a killed run
     return rows
+
+
+def rewind_metrics(run_dir: Path, step: int, size: int | None) -> None:
+    """Make ``RUN/metrics.jsonl`` what it was when the checkpoint of ``step`` was written, so
+    that a resumed run logs every later step exactly once: cut it back to ``size`` bytes (the
+    checkpoint records the file's size), or, for a checkpoint without that record or a file
+    shorter than it, keep the rows logged at ``step`` or before. Step 0 (a fresh start) empties
+    it. TensorBoard event files are not rewound."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return
+    if step == 0:
+        path.unlink()
+        return
+    if size is not None and path.stat().st_size >= size:
+        with open(path, "rb+") as f:
+            f.truncate(size)
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a killed run
+        if not isinstance(row.get("step"), int) or row["step"] <= step:
+            kept.append(line + "\n")
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(path)

@@ -48,7 +48,7 @@ from selfsup.train.callbacks import (
 )
 from selfsup.train.callbacks import CollapseWarning as CollapseWarning  # aliases: they
 from selfsup.train.callbacks import collapse_reason as collapse_reason  # live in callbacks
-from selfsup.train.metrics_log import MetricsLogger
+from selfsup.train.metrics_log import MetricsLogger, rewind_metrics
 from selfsup.train.optim import build_optimizer, peak_lr
 from selfsup.train.schedule import LRSchedule, Progress
 from selfsup.train.signals import StopRequest
@@ -60,6 +60,7 @@ from selfsup.utils.io import (
     save_weights,
     write_json,
 )
+from selfsup.utils.locks import RunDirLock, RunDirLockedError
 from selfsup.utils.precision import autocast_dtype, use_channels_last
 
 
@@ -151,6 +152,7 @@ def load_training_source(cfg: RunConfig) -> ImageSource:
         cache_dir=d.cache_dir,
         download=d.download,
         grayscale=d.grayscale,
+        max_skipped_fraction=d.max_skipped_fraction,
     )
     if d.holdout is not None:
         source, _ = holdout_split(source, d.holdout)
@@ -192,6 +194,13 @@ class Trainer:
         self.elapsed_before = 0.0  # wall-clock seconds of earlier sessions (resume)
         self.clock_start = time.perf_counter()
         self.view_size: int | None = None
+        self.run_lock = RunDirLock(self.run_dir)
+        """One writer per run directory, held by the main process from set-up to the end."""
+        self.earlier_segments: list[dict[str, Any]] = []
+        """The sessions before this one of a resumed run, as its checkpoint recorded them."""
+        self.resumed_state: dict[str, Any] = {}
+        """The ``train_state`` of the checkpoint this session resumed from (empty if none)."""
+        self.nonfinite_in_a_row = 0
         if cfg.train.knn_monitor.every_epochs and not any(
             c.serves == "train.knn_monitor" for c in self.callbacks
         ):
@@ -205,7 +214,15 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self) -> TrainResult:
         """Train to the end of the schedule (or to ``stop_at_step``), checkpointing on the way;
-        with ``resume``, from the run's last checkpoint."""
+        with ``resume``, from the run's last checkpoint. The main process holds the run
+        directory's lock (:class:`~selfsup.utils.locks.RunDirLock`) until it returns."""
+        try:
+            return self._train()
+        finally:
+            self.run_lock.release()
+
+    def _train(self) -> TrainResult:
+        """:meth:`fit`: set up, the loop, the final checkpoint and summary."""
         self.clock_start = time.perf_counter()  # set-up counts towards a time budget
         run = self._set_up()
         self.progress_bar = ProgressBar()
@@ -224,8 +241,7 @@ class Trainer:
                 loss, metrics, applied = self.train_step(
                     batch.images, batch.labels, batch.global_size, batch.offset, run.step
                 )
-                if not applied:
-                    self._skip_nonfinite_step(run, loss, metrics)
+                self._check_finite(run, applied, loss, metrics)
                 run.step += 1
                 progress = self.progress(run)
                 run.warmed_up = progress.done >= self.lr_schedule.warmup
@@ -302,20 +318,30 @@ class Trainer:
             with contextlib.closing(self.loader.iterate(epoch, start_step=in_epoch)) as batches:
                 yield from batches
 
-    def _skip_nonfinite_step(
-        self, run: TrainingRun, loss: torch.Tensor, metrics: dict[str, Any]
+    def _check_finite(
+        self, run: TrainingRun, applied: bool, loss: torch.Tensor, metrics: dict[str, Any]
     ) -> None:
-        """Count a non-finite step (nothing was applied); stop unless told to skip."""
+        """After a step: count a non-finite one (nothing was applied); stop unless told to
+        skip, or after more than ``train.max_skipped_steps`` of them in a row."""
+        if applied:
+            self.nonfinite_in_a_row = 0
+            return
         run.skipped_steps += 1
+        self.nonfinite_in_a_row += 1
         tcfg = run.cfg.train
         what = f"loss {loss.item()}, gradient norm {metrics['grad_norm']}"
-        if tcfg.on_nonfinite == "stop" or run.skipped_steps > tcfg.max_skipped_steps:
+        if tcfg.on_nonfinite == "stop" or self.nonfinite_in_a_row > tcfg.max_skipped_steps:
+            why = (
+                "" if tcfg.on_nonfinite == "stop"
+                else f" {self.nonfinite_in_a_row} in a row, more than "
+                f"train.max_skipped_steps={tcfg.max_skipped_steps};"
+            )  # fmt: skip
             raise TrainingError(
                 f"non-finite training signal at step {run.step} (epoch "
-                f"{run.step // run.steps_per_epoch}): {what}; stopping ({run.skipped_steps} "
-                f"non-finite step(s) in this run). The last good checkpoint is kept in "
-                f"{self.run_dir / 'checkpoints'}; lower the learning rate, set "
-                "train.grad_clip, or set train.on_nonfinite=skip."
+                f"{run.step // run.steps_per_epoch}): {what};{why} stopping "
+                f"({run.skipped_steps} non-finite step(s) in this run). The last good "
+                f"checkpoint is kept in {self.run_dir / 'checkpoints'}; lower the learning "
+                "rate, set train.grad_clip, or set train.on_nonfinite=skip."
             )
         run.log(
             {
@@ -339,6 +365,7 @@ class Trainer:
 
     def _checkpoint(self, run: TrainingRun) -> None:
         """Write ``checkpoints/step_XXXXXXXX`` (main process), then wait for every process."""
+        self.checkpointed_segments = self.segments(run)
         if run.is_main:
             save_checkpoint(
                 self.run_dir,
@@ -350,7 +377,11 @@ class Trainer:
                     "scaler": run.scaler.state_dict(),
                     "torch_rng": torch.get_rng_state(),
                     "skipped_steps": run.skipped_steps,
+                    "nonfinite_in_a_row": self.nonfinite_in_a_row,
                     "elapsed_seconds": self.elapsed(),
+                    "segments": self.checkpointed_segments,
+                    "metrics_bytes": run.logger.size(),
+                    "view_size": self.view_size,
                 },
                 {
                     "method": self.cfg.method,
@@ -365,11 +396,32 @@ class Trainer:
             )
         dist_utils.barrier()
 
+    def segments(self, run: TrainingRun) -> list[dict[str, Any]]:
+        """Every session of the run so far, this one last (unless it has not taken a step):
+        ``start_step``, ``end_step``, ``steps``, ``seconds`` (of training steps and
+        checkpoints, from its first step to now), ``world_size`` and ``started`` (local time).
+        A session killed after its last checkpoint counts up to that checkpoint."""
+        now = {
+            "start_step": run.start_step,
+            "end_step": run.step,
+            "steps": run.step - run.start_step,
+            "seconds": time.perf_counter() - run.started,
+            "world_size": run.world_size,
+            "started": self.session_started,
+        }
+        if now["steps"] == 0 and self.earlier_segments:  # resumed at the end: nothing new
+            return list(self.earlier_segments)
+        return [*self.earlier_segments, now]
+
     def _finish(self, run: TrainingRun, seconds: float) -> TrainResult:
-        """The final encoder, ``summary.json`` and the ``end`` record (main process)."""
+        """The final encoder, ``summary.json`` and the ``end`` record (main process). The
+        totals (``seconds``, ``images_seen``, ``images_per_second``) span every session of a
+        resumed run, listed in ``segments`` as the final checkpoint recorded them."""
         cfg = self.cfg
         encoder_path = self.run_dir / "encoder.safetensors"
-        rate = (run.step - run.start_step) * cfg.train.batch_size / max(seconds, 1e-9)
+        segments = self.checkpointed_segments
+        seconds = sum(s["seconds"] for s in segments)
+        rate = run.step * cfg.train.batch_size / max(seconds, 1e-9)
         if run.is_main:
             save_weights(run.method.encoder, encoder_path)
             summary = {
@@ -381,9 +433,11 @@ class Trainer:
                 "images_per_second": rate,
                 "images_seen": run.step * cfg.train.batch_size,
                 "skipped_steps": run.skipped_steps,
+                "skipped_files": len(run.source.skipped),
                 "method": cfg.method,
                 "backbone": cfg.backbone.name,
                 "images": len(run.source),
+                "segments": segments,
                 **peak_memory(run.device),
             }
             write_json(self.run_dir / "summary.json", summary)
@@ -405,11 +459,8 @@ class Trainer:
             raise TrainingError(
                 f"train.batch_size={tcfg.batch_size} is not divisible by {world} processes"
             )
-        if main and not self.resume and latest_checkpoint(self.run_dir) is not None:
-            raise TrainingError(
-                f"{self.run_dir} already holds checkpoints; pass --resume to continue that run "
-                "or set out_dir=... to start a new one"
-            )
+        if main:
+            self._lock_run_dir()
         torch.manual_seed(cfg.seed)
         source = self._load_data()
         num_classes = int(source.labels.max()) + 1 if source.labels is not None else None
@@ -470,6 +521,24 @@ class Trainer:
             step=start_step, skipped_steps=skipped_steps,
         )  # fmt: skip
 
+    def _lock_run_dir(self) -> None:
+        """Take the run directory's lock (one writer), then refuse to start a new run over
+        another's checkpoints. A stale lock (its process is gone) is taken over with
+        ``--resume``, or where the dead run left no checkpoint to continue."""
+        take_over = self.resume or latest_checkpoint(self.run_dir) is None
+        try:
+            self.run_lock.acquire(take_over_stale=take_over)
+        except RunDirLockedError as err:
+            raise TrainingError(str(err)) from None
+        if self.run_lock.taken_over is not None:
+            print(f"taking over {self.run_lock.path} from "
+                  f"{RunDirLock.describe(self.run_lock.taken_over)}, which is gone")  # fmt: skip
+        if not self.resume and latest_checkpoint(self.run_dir) is not None:
+            raise TrainingError(
+                f"{self.run_dir} already holds checkpoints; pass --resume to continue that run "
+                "or set out_dir=... to start a new one"
+            )
+
     def _load_data(self) -> ImageSource:
         """The training images, checked against the method and the batch size."""
         cfg = self.cfg
@@ -524,6 +593,12 @@ class Trainer:
         torch.set_rng_state(ts["torch_rng"])
         start_step = int(state["meta"]["step"])
         self.elapsed_before = float(ts.get("elapsed_seconds", 0.0))
+        self.resumed_state = ts
+        self.earlier_segments = list(ts.get("segments", []))
+        self.nonfinite_in_a_row = int(ts.get("nonfinite_in_a_row", 0))
+        if ts.get("view_size") is not None:  # the views as they were; logged when they change
+            self.view_size = int(ts["view_size"])
+            method.set_view_size(self.view_size)
         if main:
             print(f"resuming {self.run_dir} from step {start_step} ({ckpt.name})")
         return start_step, int(ts.get("skipped_steps", 0))
@@ -543,8 +618,11 @@ class Trainer:
         """Write config.yaml, encoder.json, environment.json (and skipped_files.json) and the
         ``start`` record of a new run; returns the metrics logger (quiet off the main process)."""
         cfg = self.cfg
+        self.session_started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            # what was logged after the resumed checkpoint is logged again from here
+            rewind_metrics(self.run_dir, start_step, self.resumed_state.get("metrics_bytes"))
             (self.run_dir / "config.yaml").write_text(dump_config(cfg))
             write_json(self.run_dir / "encoder.json", enc_meta)
             write_json(self.run_dir / "environment.json", environment(cfg.seed, world, device))

@@ -158,6 +158,10 @@ class TrainConfig(Section):
 
 
 class RunConfig(Section):
+    """One training run: the method and its ``method_args``, the data, the encoder, the view
+    pipeline and normalisation, the training settings, the labeled data for evaluation, the
+    seed and the output directory. Build it with :func:`load_config`."""
+
     method: str = "simclr"
     seed: int = 0
     out_dir: str = "runs/{method}"

@@ -13,6 +13,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +25,18 @@ from selfsup.backbones import Backbone
 from selfsup.data import ImageSource
 from selfsup.methods.base import NORMALIZATION, normalization
 from selfsup.utils.precision import autocast_dtype
+
+
+def input_spec(meta: dict[str, Any]) -> dict[str, Any]:
+    """How images become an encoder's input, from its ``encoder.json`` meta: ``image_size``,
+    ``normalize``, ``in_channels`` and ``input_space`` (``rgb`` when the meta predates it) —
+    the keyword arguments of :func:`extract_features` and :func:`cached_features`."""
+    return {
+        "image_size": meta["image_size"],
+        "normalize": meta["normalize"],
+        "in_channels": meta["in_channels"],
+        "input_space": meta.get("input_space", "rgb"),
+    }
 
 
 def match_channels(images: Tensor, channels: int) -> Tensor:

@@ -23,11 +23,24 @@ def test_methods_lists_every_registered_method_in_aligned_columns(capsys):
     lines = capsys.readouterr().out.splitlines()
     names = {line.split()[0] for line in lines}
     assert names == {m.name for m in list_methods()}
-    assert {"simclr", "mae", "rotation", "jigsaw", "relative_location", "colorization",
-            "split_brain", "inpainting", "supervised"} <= names
+    assert {
+        "simclr",
+        "mae",
+        "rotation",
+        "jigsaw",
+        "relative_location",
+        "colorization",
+        "split_brain",
+        "inpainting",
+        "supervised",
+    } <= names
     # the family column starts at the same place on every line
-    family_at = {line.index(m.family, len(m.name)) for m in list_methods() for line in lines
-                 if line.split()[0] == m.name}
+    family_at = {
+        line.index(m.family, len(m.name))
+        for m in list_methods()
+        for line in lines
+        if line.split()[0] == m.name
+    }
     assert len(family_at) == 1
 
 
@@ -173,11 +186,23 @@ def test_quickstart_runs_offline_on_digits(tmp_path, monkeypatch, capsys):
 
 def test_pretext_metric_of_simclr_run(tiny_npz, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main([
-        "train", "simclr", f"out_dir={run}", f"data.source={tiny_npz}",
-        "backbone.name=resnet_tiny", "train.batch_size=16", "train.epochs=1",
-        "train.progress=false", "train.tensorboard=false", "method_args.proj_hidden_dim=32",
-    ]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "simclr",
+                f"out_dir={run}",
+                f"data.source={tiny_npz}",
+                "backbone.name=resnet_tiny",
+                "train.batch_size=16",
+                "train.epochs=1",
+                "train.progress=false",
+                "train.tensorboard=false",
+                "method_args.proj_hidden_dim=32",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "pretext.json"
     assert main(["eval", "pretext", str(run), "--data", str(tiny_npz), "--json", str(out)]) == 0
     (row,) = json.loads(out.read_text())

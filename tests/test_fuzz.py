@@ -120,8 +120,13 @@ def test_random_uint8_batches_give_finite_outputs_or_a_clear_error(name, data):
     n = data.draw(st.integers(1, 6), label="images")
     c = data.draw(st.sampled_from([built_for, built_for, 1, 2, 3, 4]), label="channels")
     h, w = data.draw(st.integers(8, 40), label="height"), data.draw(st.integers(8, 40))
-    images = torch.randint(0, 256, (n, c, h, w), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(n * 1000 + h * 40 + w))
+    images = torch.randint(
+        0,
+        256,
+        (n, c, h, w),
+        dtype=torch.uint8,
+        generator=torch.Generator().manual_seed(n * 1000 + h * 40 + w),
+    )
     labels = torch.arange(n) % 4 if method.uses_labels else None
     try:
         loss, metrics = method(images, labels, torch.Generator().manual_seed(0))

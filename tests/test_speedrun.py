@@ -56,9 +56,7 @@ def test_unlabeled_folder_reports_effective_rank_and_pretext_metrics(tmp_path):
     folder.mkdir()
     rng = np.random.default_rng(0)
     for i in range(40):
-        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(
-            folder / f"{i}.png"
-        )
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     out = tmp_path / "sr"
     assert main(["speedrun", "--minutes", "0.1", "--out", str(out), "--data", str(folder),
                  *SMALL, "data.image_size=16"]) == 0  # fmt: skip

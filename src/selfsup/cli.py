@@ -146,8 +146,13 @@ def _eval_all(args: argparse.Namespace) -> int:
         knn_k=tuple(args.k),
         knn_temperature=args.temperature,
         linear_epochs=args.epochs,
-        finetune=FinetuneConfig(epochs=args.ft_epochs, batch_size=args.ft_batch_size,
-                                lr=args.ft_lr, seed=args.seed, device=args.device),  # fmt: skip
+        finetune=FinetuneConfig(
+            epochs=args.ft_epochs,
+            batch_size=args.ft_batch_size,
+            lr=args.ft_lr,
+            seed=args.seed,
+            device=args.device,
+        ),  # fmt: skip
         partial_freeze=args.freeze_stages or None,
         label_fractions=tuple(args.label_fractions),
         label_seeds=tuple(args.label_seeds),

@@ -163,6 +163,7 @@ class TrainConfig(Section):
         if any(size < 1 for _, size in value):
             raise ValueError("sizes must be positive")
         return value
+
     """Stop after this many optimizer steps (overrides epochs when smaller)."""
     batch_size: int = Field(default=256, gt=0)
     """Global batch size (split evenly over processes)."""
@@ -203,6 +204,10 @@ class TrainConfig(Section):
 
 
 class RunConfig(Section):
+    """One training run: the method and its ``method_args``, the data, the encoder, the view
+    pipeline and normalisation, the training settings, the labeled data for evaluation, the
+    seed and the output directory. Build it with :func:`load_config`."""
+
     method: str = "simclr"
     seed: int = 0
     out_dir: str = "runs/{method}"

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from selfsup.config import RunConfig
-from selfsup.evaluate.features import EVAL_PRECISION, extract_features
+from selfsup.evaluate.features import EVAL_PRECISION, extract_features, input_spec
 from selfsup.evaluate.knn import knn_accuracy
 from selfsup.evaluate.protocols import EvalData, load_eval_data
 from selfsup.train import Callback, StepOutput, Trainer, TrainingRun, TrainResult
@@ -65,19 +65,12 @@ class OnlineKnn(Callback):
     def measure(self, run: TrainingRun) -> dict[str, float]:
         """``{"online_knn@K": top-1}`` of ``run.method.encoder`` now."""
         assert self.data is not None
-        meta, cfg = run.encoder_meta, run.cfg
-        kw = dict(
-            image_size=meta["image_size"],
-            normalize=cfg.normalize,
-            in_channels=meta["in_channels"],
-            device=run.device,
-            precision=EVAL_PRECISION,  # the number `selfsup eval knn` gives, on any CPU
-            input_space=meta["input_space"],
-        )
+        # EVAL_PRECISION: the number `selfsup eval knn` gives, on any CPU
+        kw = dict(**input_spec(run.encoder_meta), device=run.device, precision=EVAL_PRECISION)
         encoder = run.method.encoder
         train = extract_features(encoder, self.data.train, **kw)  # type: ignore[arg-type]
         test = extract_features(encoder, self.data.test, **kw)  # type: ignore[arg-type]
-        monitor = cfg.train.knn_monitor
+        monitor = run.cfg.train.knn_monitor
         result = knn_accuracy(
             train,
             torch.as_tensor(self.data.train.labels),

@@ -49,8 +49,9 @@ def test_training_never_sees_the_held_out_images_whatever_the_seed(tiny_npz):
     held = holdout_split(load_eval_data(str(tiny_npz), test_source=str(tiny_npz)).train, 16)[1]
     held_rows = {im.tobytes() for im in held.images}
     for seed in (0, 1):
-        cfg = load_config("simclr", None, [f"data.source={tiny_npz}", "data.holdout=16",
-                                           f"seed={seed}"])
+        cfg = load_config(
+            "simclr", None, [f"data.source={tiny_npz}", "data.holdout=16", f"seed={seed}"]
+        )
         source = load_training_source(cfg)
         assert len(source) == 64 - 16
         assert not held_rows & {im.tobytes() for im in source.images}

@@ -30,8 +30,14 @@ def _one_thread():
 
 def _features(loaded, source, **kw):
     meta = loaded.meta
-    return extract_features(loaded.encoder, source, image_size=meta["image_size"],
-                            normalize=meta["normalize"], in_channels=meta["in_channels"], **kw)
+    return extract_features(
+        loaded.encoder,
+        source,
+        image_size=meta["image_size"],
+        normalize=meta["normalize"],
+        in_channels=meta["in_channels"],
+        **kw,
+    )
 
 
 def test_features_are_fp32_by_default_even_where_auto_means_bf16(tiny_npz, bf16_cpu):

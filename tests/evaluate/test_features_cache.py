@@ -120,9 +120,10 @@ def test_rgb_features_and_cache_keys_are_unchanged(tmp_path):
     x = torch.from_numpy(src.images).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
         assert torch.allclose(default, enc((x - mean) / std), atol=1e-5)
-    # the cache key of an rgb encoder is the one used before input spaces existed
+    # an rgb encoder's key has no input space (as before input spaces existed), then the
+    # resolved precision (features of another precision are other numbers)
     cached_features(enc, "id1", src, "tiny", cache_dir=tmp_path, **kw)
-    old_key = hashlib.sha256(b"id1|tiny|10|16|cifar10|3").hexdigest()[:24]
+    old_key = hashlib.sha256(b"id1|tiny|10|16|cifar10|3|fp32").hexdigest()[:24]
     assert [p.name for p in tmp_path.glob("*.pt")] == [f"{old_key}.pt"]
     cached_features(enc, "id1", src, "tiny", cache_dir=tmp_path, input_space="lab", **kw)
     assert len(list(tmp_path.glob("*.pt"))) == 2  # another space, another entry

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from selfsup.data import load_source
 from selfsup.evaluate import load_encoder
@@ -13,13 +12,7 @@ from selfsup.evaluate.finetune import FinetuneConfig, finetune
 from selfsup.evaluate.protocols import load_eval_data
 from selfsup.evaluate.robustness import corrupted_source, robustness
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_corrupted_source_is_the_seeded_corruption_of_every_image(tiny_npz):

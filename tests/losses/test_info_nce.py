@@ -84,9 +84,7 @@ def test_multiview_nt_xent_matches_a_loop_over_anchors_and_positives():
     flat = [(a, i) for a in range(v) for i in range(n)]
     expected = 0.0
     for a, i in flat:
-        den = sum(
-            math.exp(_cos(z[a, i], z[b, j]) / t) for b, j in flat if (b, j) != (a, i)
-        )
+        den = sum(math.exp(_cos(z[a, i], z[b, j]) / t) for b, j in flat if (b, j) != (a, i))
         for b in range(v):
             if b != a:
                 expected += -math.log(math.exp(_cos(z[a, i], z[b, i]) / t) / den) / (v - 1)

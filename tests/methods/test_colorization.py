@@ -1,11 +1,11 @@
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from synthetic import make_pattern_images, train_briefly
+from synthetic import pattern_batches as _pattern_batches
 
 from selfsup.augment.color import rgb_to_lab
 from selfsup.backbones import build_backbone
@@ -25,17 +25,6 @@ from selfsup.methods.colorization import (
 )
 
 MEAN, STD = (0.5,) * 3, (0.25,) * 3
-
-
-def make_pattern_images(n, seed=0):
-    """tests/conftest.py's helper, loaded by path (several conftest files are collected, so
-    ``conftest`` is not importable by name)."""
-    spec = importlib.util.spec_from_file_location(
-        "_selfsup_tests_root_conftest", Path(__file__).resolve().parents[1] / "conftest.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_pattern_images(n, seed=seed)
 
 
 def _method(**cfg):
@@ -226,25 +215,6 @@ def test_pretext_metrics_and_pictures_of_an_untrained_model():
     grid = m.pictures(images[:2], torch.Generator().manual_seed(0))["colorization"]
     grey_row = grid[:, 1:17, 1:17]
     assert (grey_row.max(0).values - grey_row.min(0).values).max() < 0.02
-
-
-def _pattern_batches(n_train=160, n_test=32):
-    images, _ = make_pattern_images(n_train + n_test, seed=0)  # one palette for both splits
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-    return x[:n_train], x[n_train:]
-
-
-def train_briefly(method, train, steps=80, lr=3e-3, batch=32):
-    opt = torch.optim.AdamW(method.parameters(), lr=lr, weight_decay=0.0)
-    method.train()
-    for step in range(steps):
-        g = torch.Generator().manual_seed(step)
-        idx = torch.randperm(len(train), generator=g)[:batch]
-        loss, _ = method(train[idx], None, g)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return method.eval()
 
 
 @pytest.mark.slow

@@ -18,13 +18,7 @@ from selfsup.methods.cpc import cpc_pairs
 MEAN, STD = (0.5,) * 3, (0.25,) * 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is faster, and far steadier on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cpc(image_size=16, mean=MEAN, std=STD, **cfg) -> CPC:

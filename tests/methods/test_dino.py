@@ -24,12 +24,7 @@ MEAN, STD = (0.5,) * 3, (0.25,) * 3
 SMALL = {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "num_local_crops": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _dino(seed=0, backbone="resnet_tiny", image_size=16, **overrides):

@@ -27,14 +27,7 @@ from selfsup.train.optim import build_optimizer, set_lr
 MEAN, STD = (0.5,) * 3, (0.25,) * 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is as fast, and far faster on a busy shared CPU (where
-    OpenMP threads waiting for each other made a 2-thread run 25x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _method(**cfg):

@@ -1,31 +1,21 @@
 """Jigsaw: permutation labels, permutation set, global-batch slicing, loss, learning, CLI."""
 
-import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from torch import nn
+from synthetic import FixedLogits, position_images
+from synthetic import random_images as _images
 
 from selfsup.augment.tiles import maximal_hamming_permutations, min_hamming_distance
 from selfsup.backbones import build_backbone
-from selfsup.cli import main
 from selfsup.config import load_config
 from selfsup.methods import Jigsaw, get_method
 
 MEAN, STD = (0.5,) * 3, (0.25,) * 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are small: one thread is faster, and far steadier on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _jigsaw(image_size=16, **cfg) -> Jigsaw:
@@ -37,32 +27,6 @@ def _jigsaw(image_size=16, **cfg) -> Jigsaw:
         mean=MEAN,
         std=STD,
     )
-
-
-def _images(n=8, seed=0, size=16):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
-
-
-def position_images(n: int, size: int) -> torch.Tensor:
-    """uint8 (n, 3, size, size): red is each pixel's row, green its column (size <= 256)."""
-    rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    return torch.stack([rows, cols, torch.zeros_like(rows)]).to(torch.uint8).expand(n, -1, -1, -1)
-
-
-def blobs(n: int, size: int = 16, seed: int = 0) -> torch.Tensor:
-    """uint8 (n, 3, size, size): a soft bright blob near the centre on a dark background, random
-    colours, size and noise. Each tile's shading says where it sits relative to the centre."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    centre = (size - 1) / 2 + (2 * torch.rand(n, 2, generator=g) - 1) * size / 16
-    sigma = size * (0.25 + 0.15 * torch.rand(n, generator=g))
-    r2 = (yy - centre[:, 0, None, None]) ** 2 + (xx - centre[:, 1, None, None]) ** 2
-    bump = torch.exp(-r2 / (2 * sigma[:, None, None] ** 2)).unsqueeze(1)
-    fg = 0.5 + 0.5 * torch.rand(n, 3, 1, 1, generator=g)
-    bg = 0.3 * torch.rand(n, 3, 1, 1, generator=g)
-    img = bg + (fg - bg) * bump + 0.03 * torch.randn(n, 3, size, size, generator=g)
-    return (img.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def test_registered_and_refuses_a_vit():
@@ -116,38 +80,12 @@ def test_shuffled_tiles_come_from_the_cells_the_label_says():
     assert torch.allclose(tiles.mean((-2, -1)), torch.zeros(32, 9, 3), atol=1e-4)
 
 
-def test_global_batch_slices_equal_the_single_process_batch_and_are_deterministic():
-    m = _jigsaw(tile_color_jitter=0.4, tile_grayscale=0.5)
-    images = _images(8)
-
-    def inputs(rows, global_size=None, offset=0, seed=5):
-        return m.make_inputs(rows, torch.Generator().manual_seed(seed), global_size, offset)
-
-    full = inputs(images)
-    parts = [inputs(images[o : o + 4], 8, o) for o in (0, 4)]
-    assert torch.equal(torch.cat([p[1] for p in parts]), full[1])
-    for i in (0, 2):
-        assert torch.allclose(torch.cat([p[i] for p in parts]), full[i], atol=1e-5)
-    again = inputs(images)
-    assert all(torch.equal(a, b) for a, b in zip(again, full, strict=True))
-    assert not torch.equal(inputs(images, seed=6)[0], full[0])
-
-
-class _FixedLogits(nn.Module):
-    def __init__(self, logits: torch.Tensor) -> None:
-        super().__init__()
-        self.logits = logits
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.logits[: len(features)] + 0 * features.sum()
-
-
 def test_loss_is_cross_entropy_over_the_permutation_classes():
     m = _jigsaw()
     classes = len(m.permutations)
     logits = torch.zeros(16, classes)
     logits[:, 0] = 3.0  # every puzzle scores 3 for class 0 and 0 for the others
-    m.head = _FixedLogits(logits)
+    m.head = FixedLogits(logits)
     images = _images(16)
     _, labels, _ = m.make_inputs(images, torch.Generator().manual_seed(1))
     zero = float((labels == 0).float().mean())
@@ -170,111 +108,9 @@ def test_pretext_metrics_and_pictures():
     assert grid.shape[0] == 3 and 0 <= float(grid.min()) and float(grid.max()) <= 1
 
 
-def test_training_lifts_held_out_permutation_accuracy_far_above_chance():
-    torch.manual_seed(0)
-    m = _jigsaw(puzzle_size=24)  # 6 px tiles keep the test fast
-    train, held_out = blobs(256, seed=0), blobs(64, seed=1)
-
-    def accuracy() -> float:
-        m.eval()
-        value = m.pretext_metrics(held_out, torch.Generator().manual_seed(0))
-        m.train()
-        return value["permutation_accuracy"]
-
-    before = accuracy()
-    opt = torch.optim.AdamW(m.parameters(), lr=2e-3)
-    for step in range(40):
-        idx = torch.randint(0, len(train), (32,), generator=torch.Generator().manual_seed(step))
-        loss, _ = m(train[idx], None, torch.Generator().manual_seed(step))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    after = accuracy()
-    assert before < 0.1 and after > 0.7, (before, after)  # chance: 1/64
-
-
-def test_input_making_stays_out_of_torch_compile_graphs():
-    """The random draws run eagerly; the networks compile into one graph (Dynamo's eager
-    backend: nothing is code-generated) that gives the eager losses."""
-    import torch._dynamo as dynamo
-
-    m = _jigsaw()
-    x = _images(6)
-    dynamo.reset()
-    explained = dynamo.explain(m)(x, None, torch.Generator().manual_seed(0), None, 0)
-    assert explained.graph_count == 1, explained.break_reasons
-    compiled = torch.compile(m, backend="eager")
-    for seed in (0, 1):
-        eager, _ = m(x, None, torch.Generator().manual_seed(seed))
-        again, _ = compiled(x, None, torch.Generator().manual_seed(seed))
-        assert torch.allclose(again, eager)
-    dynamo.reset()
-
-
 @pytest.mark.parametrize("recipe", ["jigsaw_default", "jigsaw_cifar10_cpu"])
 def test_recipes_load(recipe):
     cfg = load_config("jigsaw", recipe)
     assert cfg.method == "jigsaw" and cfg.backbone.name == "resnet18"
     args = cfg.method_config()
     assert args.num_permutations in (64, 1000) and args.tile_normalization == "per_channel"
-
-
-def test_train_then_eval_pretext_and_knn_from_the_cli(tiny_npz, tmp_path):
-    run = tmp_path / "run"
-    args = [
-        "train", "jigsaw", f"out_dir={run}", f"data.source={tiny_npz}",
-        "eval_data.source=null", "backbone.name=resnet_tiny", "backbone.width=null",
-        "train.batch_size=16", "train.epochs=1", "train.progress=false",
-        "train.tensorboard=false", "train.precision=fp32", "train.knn_monitor.every_epochs=0",
-        "method_args.puzzle_size=24", "method_args.num_permutations=32",
-        "method_args.head_hidden_dim=32",
-    ]  # fmt: skip
-    assert main(args) == 0
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    logged = [r for r in rows if "permutation_accuracy" in r]
-    assert logged and logged[-1]["permutation_min_hamming"] == min_hamming_distance(
-        maximal_hamming_permutations(32)
-    )
-    assert list((run / "pictures").glob("puzzles_step*.png"))
-    out = tmp_path / "pretext.json"
-    assert main(["eval", "pretext", str(run), "--data", str(tiny_npz), "--json", str(out)]) == 0
-    (row,) = json.loads(out.read_text())
-    assert row["method"] == "jigsaw" and 0 <= row["permutation_accuracy"] <= 1
-    assert row["pictures"][0].rsplit("/", 1)[-1].startswith("puzzles_eval")
-    knn = tmp_path / "knn.json"
-    assert (
-        main(["eval", "knn", str(run), "--data", str(tiny_npz), "--k", "5", "--json", str(knn)])
-        == 0
-    )
-    assert 0 <= json.loads(knn.read_text())[0]["knn@5"] <= 1
-
-
-@pytest.mark.slow
-def test_two_process_gloo_run_matches_one_process(tiny_npz, tmp_path):
-    """2 torchrun processes (each drawing for the global batch and keeping its rows, global
-    BatchNorm) follow the same loss curve as 1 process on the same global batch."""
-    common = [
-        f"data.source={tiny_npz}", "eval_data.source=null", "backbone.name=resnet_tiny",
-        "backbone.width=null", "train.batch_size=16", "train.max_steps=4", "train.epochs=2",
-        "train.precision=fp32", "train.progress=false", "train.tensorboard=false",
-        "train.log_every_steps=1", "train.num_threads=1", "train.knn_monitor.every_epochs=0",
-        "method_args.num_permutations=64", "method_args.puzzle_size=24",
-        "method_args.head_hidden_dim=32", "method_args.tile_color_jitter=0.4",
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    train = [sys.executable, "-m", "selfsup", "train", "jigsaw"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                "2", "-m", "selfsup", "train", "jigsaw"]  # fmt: skip
-    for command, run in ((train, "single"), (torchrun, "ddp")):
-        proc = subprocess.run(
-            [*command, f"out_dir={tmp_path / run}", *common],
-            env=env, capture_output=True, text=True,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
-
-    def curve(run: str) -> list[float]:
-        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
-        return [r["loss"] for r in map(json.loads, lines) if "loss" in r and "event" not in r]
-
-    assert len(curve("single")) == 4
-    assert curve("ddp") == pytest.approx(curve("single"), rel=1e-4, abs=1e-5)

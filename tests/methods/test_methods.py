@@ -66,8 +66,14 @@ def test_simclr_positive_retrieval_metric():
     cfg = SimCLR.Config(proj_hidden_dim=32, proj_out_dim=8)
     images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8)
     # identical views (deterministic pipeline): each view's nearest neighbour is its pair
-    same = SimCLR(build_backbone("resnet_tiny"), cfg, image_size=16, mean=(0.5,) * 3,
-                  std=(0.25,) * 3, augment="eval").eval()
+    same = SimCLR(
+        build_backbone("resnet_tiny"),
+        cfg,
+        image_size=16,
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        augment="eval",
+    ).eval()
     assert same.pretext_metrics(images, torch.Generator().manual_seed(0)) == {
         "positive_retrieval_top1": 1.0
     }
@@ -83,8 +89,9 @@ def test_simclr_multicrop_loss_is_multiview_nt_xent_over_global_and_local_crops(
 
     cfg = SimCLR.Config(proj_hidden_dim=32, proj_out_dim=8, num_local_crops=2, local_crop_size=8)
     torch.manual_seed(0)
-    m = SimCLR(build_backbone("resnet_tiny"), cfg, image_size=16, mean=(0.5,) * 3,
-               std=(0.25,) * 3).eval()  # eval: BatchNorm does not mix the two forwards below
+    m = SimCLR(
+        build_backbone("resnet_tiny"), cfg, image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3
+    ).eval()  # eval: BatchNorm does not mix the two forwards below
     images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
     loss, _ = m(images, None, torch.Generator().manual_seed(3))
     # the same draws, by hand: two global views, then two 8 px local crops

@@ -1,15 +1,14 @@
 """MoCo v2 (queue) and v3 (in-batch keys, predictor): queue mechanics, momentum wiring, losses
 against hand-written InfoNCE, config checks, training end to end and under 2-process DDP."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from synthetic import pattern_tensors as _pattern_images
 from two_process import assert_same_loss_curve, final_states, train_single_and_ddp
 
 from selfsup.backbones import build_backbone
@@ -29,12 +28,7 @@ SMALL = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _method(name, seed=0, backbone="resnet_tiny", **overrides):
@@ -48,17 +42,6 @@ def _method(name, seed=0, backbone="resnet_tiny", **overrides):
 def _images(n=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=g)
-
-
-def _pattern_images(n, seed):
-    """(uint8 (n, 3, 16, 16), labels (n,)) from tests/conftest.py, loaded by path."""
-    spec = importlib.util.spec_from_file_location(
-        "_selfsup_tests_conftest", Path(__file__).resolve().parents[1] / "conftest.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    images, labels = module.make_pattern_images(n, seed=seed)
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
 
 
 def _hand_info_nce(q, pos, candidates_per_query, t):

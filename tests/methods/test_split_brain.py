@@ -1,11 +1,11 @@
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from synthetic import pattern_batches as _pattern_batches
+from synthetic import train_briefly
 
 from selfsup.augment.color import rgb_to_input, rgb_to_lab
 from selfsup.backbones import build_backbone
@@ -31,33 +31,6 @@ def _method(**cfg):
 def _images(n=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=g)
-
-
-def _pattern_batches(n_train=160, n_test=32):
-    """Train/test splits of tests/conftest.py's pattern images (one palette; conftest loaded
-    by path since several conftest files are collected)."""
-    spec = importlib.util.spec_from_file_location(
-        "_selfsup_tests_root_conftest", Path(__file__).resolve().parents[1] / "conftest.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    images, _ = module.make_pattern_images(n_train + n_test, seed=0)
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-    return x[:n_train], x[n_train:]
-
-
-def train_briefly(method, train, steps=80, lr=3e-3, batch=32):
-    """A plain AdamW loop over random batches of ``train``; returns the method in eval mode."""
-    opt = torch.optim.AdamW(method.parameters(), lr=lr, weight_decay=0.0)
-    method.train()
-    for step in range(steps):
-        g = torch.Generator().manual_seed(step)
-        idx = torch.randperm(len(train), generator=g)[:batch]
-        loss, _ = method(train[idx], None, g)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return method.eval()
 
 
 def test_contract_and_checks():

@@ -22,21 +22,39 @@ from selfsup.train.trainer import CollapseWarning
 from selfsup.utils.io import latest_checkpoint
 
 COMMON = [
-    "backbone.name=resnet_tiny", "train.batch_size=16", "train.epochs=3",
-    "train.precision=fp32", "train.progress=false", "train.tensorboard=false",
-    "train.log_every_steps=1", "train.num_threads=1", "train.checkpoint_every_steps=1",
-    "train.keep_last=2", "method_args.proj_hidden_dim=32", "method_args.proj_out_dim=16",
+    "backbone.name=resnet_tiny",
+    "train.batch_size=16",
+    "train.epochs=3",
+    "train.precision=fp32",
+    "train.progress=false",
+    "train.tensorboard=false",
+    "train.log_every_steps=1",
+    "train.num_threads=1",
+    "train.checkpoint_every_steps=1",
+    "train.keep_last=2",
+    "method_args.proj_hidden_dim=32",
+    "method_args.proj_out_dim=16",
 ]
 
 
 def cfg_for(data, out_dir, *extra):
-    return load_config("simclr", None, [f"data.source={data}", f"out_dir={out_dir}", *COMMON,
-                                        *extra])
+    return load_config(
+        "simclr", None, [f"data.source={data}", f"out_dir={out_dir}", *COMMON, *extra]
+    )
 
 
 def cli(data, out_dir, *extra):
-    return [sys.executable, "-m", "selfsup", "train", "simclr", f"data.source={data}",
-            f"out_dir={out_dir}", *COMMON, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "selfsup",
+        "train",
+        "simclr",
+        f"data.source={data}",
+        f"out_dir={out_dir}",
+        *COMMON,
+        *extra,
+    ]
 
 
 def last_step(run_dir):
@@ -65,8 +83,16 @@ def test_sigkill_at_random_points_then_resume_gives_identical_weights(tiny_npz, 
     kills = 0
     for _ in range(4):
         target = min(total - 1, last_step(run) + rng.randint(1, 4))
-        proc = subprocess.Popen(cli(tiny_npz, run, ) + ["--resume"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cli(
+                tiny_npz,
+                run,
+            )
+            + ["--resume"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for_step(proc, run, target)
         time.sleep(rng.uniform(0, 0.15))  # land anywhere: mid-step or mid-checkpoint-write
         if proc.poll() is None:
@@ -74,8 +100,9 @@ def test_sigkill_at_random_points_then_resume_gives_identical_weights(tiny_npz, 
             kills += 1
         proc.wait()
     assert kills >= 2
-    finished = subprocess.run(cli(tiny_npz, run) + ["--resume"], env=env, capture_output=True,
-                              text=True)
+    finished = subprocess.run(
+        cli(tiny_npz, run) + ["--resume"], env=env, capture_output=True, text=True
+    )
     assert finished.returncode == 0, finished.stderr[-2000:]
     a = load_file(str(straight / "encoder.safetensors"))
     b = load_file(str(run / "encoder.safetensors"))
@@ -95,8 +122,13 @@ def test_sigkill_at_random_points_then_resume_gives_identical_weights(tiny_npz, 
 def test_sigterm_checkpoints_and_exits_with_a_message(tiny_npz, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = tmp_path / "run"
-    proc = subprocess.Popen(cli(tiny_npz, run, "train.checkpoint_every_steps=100"), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cli(tiny_npz, run, "train.checkpoint_every_steps=100"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_step(proc, run, 3)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -104,8 +136,10 @@ def test_sigterm_checkpoints_and_exits_with_a_message(tiny_npz, tmp_path):
     assert "interrupted by SIGTERM after step" in err and "--resume" in err
     ckpt = latest_checkpoint(run)
     assert ckpt is not None and int(ckpt.name.split("_")[1]) >= 3
-    assert subprocess.run(cli(tiny_npz, run) + ["--resume"], env=env,
-                          capture_output=True).returncode == 0
+    assert (
+        subprocess.run(cli(tiny_npz, run) + ["--resume"], env=env, capture_output=True).returncode
+        == 0
+    )
     assert json.loads((run / "summary.json").read_text())["steps"] == 12
 
 
@@ -127,8 +161,9 @@ def test_partial_checkpoints_are_ignored(tiny_npz, tmp_path):
 def test_resume_with_another_architecture_names_the_difference(tiny_npz, tmp_path):
     run = tmp_path / "run"
     Trainer(cfg_for(tiny_npz, run), stop_at_step=1).fit()
-    with pytest.raises(ValueError, match="checkpoint backbone is 'resnet_tiny' but this run has "
-                                         "'resnet18'"):
+    with pytest.raises(
+        ValueError, match="checkpoint backbone is 'resnet_tiny' but this run has 'resnet18'"
+    ):
         Trainer(cfg_for(tiny_npz, run, "backbone.name=resnet18"), resume=True).fit()
 
 
@@ -241,10 +276,19 @@ def test_folder_with_odd_and_huge_images_trains(tmp_path):
     Image.fromarray(rng.integers(0, 255, (3000, 4000, 3), dtype=np.uint8)).save(root / "big.png")
     good = (root / "grey.png").read_bytes()
     (root / "truncated.png").write_bytes(good[: len(good) // 2])
-    cfg = load_config("simclr", None, [f"data.source={tmp_path / 'imgs'}", "data.image_size=16",
-                                       "data.max_skipped_fraction=0.2",  # 1 bad file of 7
-                                       f"out_dir={tmp_path / 'run'}", *COMMON,
-                                       "train.batch_size=4", "train.max_steps=1"])
+    cfg = load_config(
+        "simclr",
+        None,
+        [
+            f"data.source={tmp_path / 'imgs'}",
+            "data.image_size=16",
+            "data.max_skipped_fraction=0.2",  # 1 bad file of 7
+            f"out_dir={tmp_path / 'run'}",
+            *COMMON,
+            "train.batch_size=4",
+            "train.max_steps=1",
+        ],
+    )
     Trainer(cfg).fit()
     skipped = json.loads((tmp_path / "run" / "skipped_files.json").read_text())
     assert [p.rsplit("/", 1)[-1] for p, _ in skipped] == ["truncated.png"]
@@ -276,15 +320,21 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tiny_npz, tmp_
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = tmp_path / "run"
     args = cli(tiny_npz, run)[3:]  # drop "python -m selfsup"
-    proc = subprocess.Popen([sys.executable, "-c", KILL_MID_WRITE, *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_MID_WRITE, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "WRITING"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (run / "checkpoints" / ".step_00000003.partial" / "model.safetensors").exists()
     assert latest_checkpoint(run).name == "step_00000002"
-    finished = subprocess.run(cli(tiny_npz, run) + ["--resume"], env=env, capture_output=True,
-                              text=True)
+    finished = subprocess.run(
+        cli(tiny_npz, run) + ["--resume"], env=env, capture_output=True, text=True
+    )
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert "resuming" in finished.stdout and "from step 2" in finished.stdout
     assert not (run / "checkpoints" / ".step_00000003.partial").exists()
@@ -317,8 +367,11 @@ def test_skip_tolerates_scattered_non_finite_steps(tiny_npz, tmp_path, monkeypat
 def test_skip_stops_after_too_many_non_finite_steps_in_a_row(tiny_npz, tmp_path, monkeypatch):
     run = tmp_path / "run"
     _poison_calls(monkeypatch, {5, 6, 7})  # steps 4, 5, 6 (0-based) in a row
-    with pytest.raises(TrainingError, match=r"at step 6 .* 3 in a row, more than "
-                                            r"train.max_skipped_steps=2"):
+    with pytest.raises(
+        TrainingError,
+        match=r"at step 6 .* 3 in a row, more than "
+        r"train.max_skipped_steps=2",
+    ):
         Trainer(cfg_for(tiny_npz, run, "train.on_nonfinite=skip",
                         "train.max_skipped_steps=2")).fit()  # fmt: skip
     assert latest_checkpoint(run).name == "step_00000006"  # steps 5 and 6 were skipped ones

@@ -47,8 +47,11 @@ def test_a_run_directory_in_use_is_refused_naming_the_holder(tiny_npz, tmp_path)
     with RunDirLock(run) as held:  # another run, as far as the trainer can tell
         held.acquire(take_over_stale=False)
         for resume in (False, True):
-            with pytest.raises(TrainingError, match=rf"in use by another run: pid {os.getpid()} "
-                                                    rf"on host {socket.gethostname()}"):
+            with pytest.raises(
+                TrainingError,
+                match=rf"in use by another run: pid {os.getpid()} "
+                rf"on host {socket.gethostname()}",
+            ):
                 Trainer(cfg_for(tiny_npz, run), resume=resume).fit()
     assert not (run / "metrics.jsonl").exists()  # the refused run wrote nothing
 

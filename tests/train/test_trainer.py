@@ -232,20 +232,44 @@ def test_a_bare_trainer_warns_that_nothing_runs_the_knn_monitor(tiny_npz, tmp_pa
 @pytest.mark.slow
 def test_two_process_run_resumes_to_the_single_process_result(tiny_npz, tmp_path):
     """Only rank 0 writes checkpoints; both ranks resume from it and finish as one process."""
-    common = [f"data.source={tiny_npz}", "backbone.name=resnet_tiny", "train.batch_size=16",
-              "train.epochs=1", "train.precision=fp32", "train.progress=false",
-              "train.tensorboard=false", "train.num_threads=1",
-              "method_args.proj_hidden_dim=32", "method_args.proj_out_dim=16"]
+    common = [
+        f"data.source={tiny_npz}",
+        "backbone.name=resnet_tiny",
+        "train.batch_size=16",
+        "train.epochs=1",
+        "train.precision=fp32",
+        "train.progress=false",
+        "train.tensorboard=false",
+        "train.num_threads=1",
+        "method_args.proj_hidden_dim=32",
+        "method_args.proj_out_dim=16",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = tmp_path / "single"
-    subprocess.run([sys.executable, "-m", "selfsup", "train", "simclr", f"out_dir={single}",
-                    *common], check=True, env=env, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "selfsup", "train", "simclr", f"out_dir={single}", *common],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     ddp = tmp_path / "ddp"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc_per_node", "2", "-m", "selfsup", "train", "simclr", f"out_dir={ddp}",
-                *common]
-    first = subprocess.run([*torchrun, "--stop-at-step", "2"], env=env, capture_output=True,
-                           text=True)
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "selfsup",
+        "train",
+        "simclr",
+        f"out_dir={ddp}",
+        *common,
+    ]
+    first = subprocess.run(
+        [*torchrun, "--stop-at-step", "2"], env=env, capture_output=True, text=True
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     assert latest_checkpoint(ddp).name == "step_00000002"
     second = subprocess.run([*torchrun, "--resume"], env=env, capture_output=True, text=True)
@@ -253,8 +277,9 @@ def test_two_process_run_resumes_to_the_single_process_result(tiny_npz, tmp_path
     a = load_file(str(single / "encoder.safetensors"))
     b = load_file(str(ddp / "encoder.safetensors"))
     for key in a:
-        np.testing.assert_allclose(b[key].numpy(), a[key].numpy(), rtol=1e-3, atol=1e-5,
-                                   err_msg=key)
+        np.testing.assert_allclose(
+            b[key].numpy(), a[key].numpy(), rtol=1e-3, atol=1e-5, err_msg=key
+        )
 
 
 class Recorder(Callback):

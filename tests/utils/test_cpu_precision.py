@@ -33,8 +33,11 @@ Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp
     [
         (AVX2_EPYC, False, ["avx2"]),
         (ZEN4, True, ["avx2", "avx512f", "avx512_bf16"]),
-        (SAPPHIRE_RAPIDS, True, ["avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile",
-                                 "amx_bf16"]),
+        (
+            SAPPHIRE_RAPIDS,
+            True,
+            ["avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16"],
+        ),
         (GRAVITON3, True, ["asimd", "sve", "bf16", "i8mm"]),
         (GRAVITON2, False, ["asimd"]),
     ],

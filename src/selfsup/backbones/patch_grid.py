@@ -118,6 +118,8 @@ class PatchGridEncoder(nn.Module):
 
 
 def _fmt(x: Tensor) -> torch.memory_format:
-    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and (
-        not x.is_contiguous()
-    ) else torch.contiguous_format
+    return (
+        torch.channels_last
+        if x.is_contiguous(memory_format=torch.channels_last) and (not x.is_contiguous())
+        else torch.contiguous_format
+    )

@@ -67,7 +67,12 @@ def _check_kwargs(name: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> 
 
 
 def build_backbone(name: str, **kwargs: Any) -> Backbone:
-    """Build a backbone by name.
+    """Build a backbone (an encoder) by name: a module mapping images ``(N, C, H, W)`` float to
+    features ``(N, feature_dim)``; ``.feature_dim`` says D (ResNet-18: 512 at width 1).
+
+    Example::
+
+        encoder = build_backbone("resnet18", stem="cifar", width=0.25)  # (N, 3, 32, 32) -> (N, 128)
 
     Args:
         name: a registered name (see :func:`list_backbones`), ``"torchvision:NAME"`` or

@@ -9,6 +9,7 @@ Feature dims (width 1): resnet18/34 -> 512, resnet50 -> 2048; in general
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -181,80 +182,47 @@ class ResNet(Backbone):
         return torch.flatten(self.pool(self.forward_features(x)), 1)
 
 
-@register_backbone("resnet18")
-def resnet18(
-    *,
-    stem: Stem = "cifar",
-    width: float = 1.0,
-    in_channels: int = 3,
-    zero_init_residual: bool = True,
-) -> ResNet:
-    """ResNet-18 (BasicBlock [2, 2, 2, 2]); feature_dim = 512 * width."""
-    return ResNet(
-        BasicBlock,
-        [2, 2, 2, 2],
-        stem=stem,
-        width=width,
-        in_channels=in_channels,
-        zero_init_residual=zero_init_residual,
-    )
+def _resnet(
+    name: str,
+    block: type[BasicBlock] | type[Bottleneck],
+    layers: list[int],
+    default_width: float,
+    doc: str,
+) -> Callable[..., ResNet]:
+    """Register the ResNet ``name`` (``block`` x ``layers``) as a backbone factory whose
+    keyword arguments are ``stem``, ``width``, ``in_channels``, ``zero_init_residual``."""
+
+    def factory(
+        *,
+        stem: Stem = "cifar",
+        width: float = default_width,
+        in_channels: int = 3,
+        zero_init_residual: bool = True,
+    ) -> ResNet:
+        return ResNet(block, layers, stem=stem, width=width, in_channels=in_channels,
+                      zero_init_residual=zero_init_residual)  # fmt: skip
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = doc
+    return register_backbone(name)(factory)
 
 
-@register_backbone("resnet34")
-def resnet34(
-    *,
-    stem: Stem = "cifar",
-    width: float = 1.0,
-    in_channels: int = 3,
-    zero_init_residual: bool = True,
-) -> ResNet:
-    """ResNet-34 (BasicBlock [3, 4, 6, 3]); feature_dim = 512 * width."""
-    return ResNet(
-        BasicBlock,
-        [3, 4, 6, 3],
-        stem=stem,
-        width=width,
-        in_channels=in_channels,
-        zero_init_residual=zero_init_residual,
-    )
-
-
-@register_backbone("resnet50")
-def resnet50(
-    *,
-    stem: Stem = "cifar",
-    width: float = 1.0,
-    in_channels: int = 3,
-    zero_init_residual: bool = True,
-) -> ResNet:
-    """ResNet-50 (Bottleneck [3, 4, 6, 3]); feature_dim = 2048 * width."""
-    return ResNet(
-        Bottleneck,
-        [3, 4, 6, 3],
-        stem=stem,
-        width=width,
-        in_channels=in_channels,
-        zero_init_residual=zero_init_residual,
-    )
-
-
-@register_backbone("resnet_tiny")
-def resnet_tiny(
-    *,
-    stem: Stem = "cifar",
-    width: float = 0.25,
-    in_channels: int = 3,
-    zero_init_residual: bool = True,
-) -> ResNet:
+resnet18 = _resnet(
+    "resnet18", BasicBlock, [2, 2, 2, 2], 1.0,
+    "ResNet-18 (BasicBlock [2, 2, 2, 2]); feature_dim = 512 * width.",
+)  # fmt: skip
+resnet34 = _resnet(
+    "resnet34", BasicBlock, [3, 4, 6, 3], 1.0,
+    "ResNet-34 (BasicBlock [3, 4, 6, 3]); feature_dim = 512 * width.",
+)  # fmt: skip
+resnet50 = _resnet(
+    "resnet50", Bottleneck, [3, 4, 6, 3], 1.0,
+    "ResNet-50 (Bottleneck [3, 4, 6, 3]); feature_dim = 2048 * width.",
+)  # fmt: skip
+resnet_tiny = _resnet(
+    "resnet_tiny", BasicBlock, [1, 1, 1, 1], 0.25,
     """Tiny ResNet for tests / CPU benchmarks: BasicBlock [1, 1, 1, 1], width 0.25.
 
     Channels 16/32/64/128, so feature_dim = 128 (= 512 * width). About 0.3M parameters.
-    """
-    return ResNet(
-        BasicBlock,
-        [1, 1, 1, 1],
-        stem=stem,
-        width=width,
-        in_channels=in_channels,
-        zero_init_residual=zero_init_residual,
-    )
+    """,
+)  # fmt: skip

@@ -20,6 +20,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,6 +42,18 @@ def precision_name(device: str | torch.device, precision: str) -> str:
     ``"fp32"``, ``"bf16"`` or ``"fp16"`` (recorded with results)."""
     dtype = autocast_dtype(torch.device(device), precision)
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def input_spec(meta: dict[str, Any]) -> dict[str, Any]:
+    """How images become an encoder's input, from its ``encoder.json`` meta: ``image_size``,
+    ``normalize``, ``in_channels`` and ``input_space`` (``rgb`` when the meta predates it) —
+    the keyword arguments of :func:`extract_features` and :func:`cached_features`."""
+    return {
+        "image_size": meta["image_size"],
+        "normalize": meta["normalize"],
+        "in_channels": meta["in_channels"],
+        "input_space": meta.get("input_space", "rgb"),
+    }
 
 
 def match_channels(images: Tensor, channels: int) -> Tensor:

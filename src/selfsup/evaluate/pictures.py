@@ -9,11 +9,24 @@ retrieval grid needs only torch and Pillow.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    """Write a matplotlib figure to ``path`` (its folder made) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def _need(module: str, extra: str):  # type: ignore[no-untyped-def]
@@ -68,12 +81,7 @@ def scatter_plot(
     ax.set_xticks([]), ax.set_yticks([])
     ax.set_title(title or f"{method.upper()} of {len(idx)} test features")
     ax.legend(markerscale=3, fontsize=7, loc="best", frameon=False)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def nearest_neighbours(queries: Tensor, bank: Tensor, k: int) -> Tensor:
@@ -154,9 +162,4 @@ def confusion_plot(
             for j in range(n):
                 ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=6,
                         color="white" if rates[i, j] > 0.5 else "black")  # fmt: skip
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

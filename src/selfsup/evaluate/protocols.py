@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from selfsup.data import ImageSource, holdout_split, load_source, random_subset_indices
-from selfsup.evaluate.features import EVAL_PRECISION, cached_features, precision_name
+from selfsup.evaluate.features import EVAL_PRECISION, cached_features, input_spec, precision_name
 from selfsup.evaluate.knn import knn_accuracy
 from selfsup.evaluate.linear import linear_probe
 from selfsup.models import LoadedEncoder, load_encoder, load_encoder_with_head
@@ -43,7 +43,10 @@ def load_eval_data(
     seed: int = 0,
     holdout: int | None = None,
 ) -> EvalData:
-    """Load the two labeled splits (``test_source`` defaults to ``source``).
+    """Load the two labeled splits of ``source`` (a dataset name, ``.npz`` file or image folder;
+    ``test_source`` defaults to ``source``) as uint8 images ``(N, H, W, C)`` with int labels
+    ``(N,)``; ``train_subset`` / ``test_subset`` take seeded random subsets. Raises ValueError
+    when a split has no labels.
 
     With ``holdout=N`` the test split is not read: the N held-out images of the train split
     (:func:`selfsup.data.holdout_split`, the images a run with ``data.holdout=N`` never
@@ -82,15 +85,8 @@ def features_for(
     cache_dir: Path | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(train_features, train_labels, test_features, test_labels), cached per encoder+data."""
-    meta = loaded.meta
     common: dict[str, Any] = dict(
-        image_size=meta["image_size"],
-        normalize=meta["normalize"],
-        in_channels=meta["in_channels"],
-        input_space=meta.get("input_space", "rgb"),
-        device=device,
-        batch_size=batch_size,
-        cache_dir=cache_dir,
+        **input_spec(loaded.meta), device=device, batch_size=batch_size, cache_dir=cache_dir
     )
     ftr = cached_features(
         loaded.encoder, loaded.identity, data.train, data.key + "#train", **common
@@ -99,6 +95,22 @@ def features_for(
     ytr = torch.as_tensor(data.train.labels).long()
     yte = torch.as_tensor(data.test.labels).long()
     return ftr, ytr, fte, yte
+
+
+def encoder_summary(
+    spec: str, loaded: LoadedEncoder, train_features: Tensor, test_features: Tensor
+) -> dict[str, Any]:
+    """The head of every result row: the encoder's spec, label, method, backbone, feature
+    dimension and the number of train / test images (features ``(N, D)``)."""
+    return {
+        "encoder": spec,
+        "label": loaded.label,
+        "method": loaded.meta.get("method"),
+        "backbone": loaded.meta["backbone"]["name"],
+        "feature_dim": int(train_features.shape[1]),
+        "train_images": len(train_features),
+        "test_images": len(test_features),
+    }
 
 
 def evaluate_encoder(
@@ -116,21 +128,20 @@ def evaluate_encoder(
     cache_dir: Path | None = None,
     head: str | None = None,
 ) -> dict[str, Any]:
-    """Run the named protocols ("knn", "linear") for one encoder spec; with ``head`` (a run
-    directory only), on the outputs of that method head after the encoder (e.g. ``projector``)."""
+    """Judge one encoder on labeled data: features ``(N, D)`` of ``data``'s train and test
+    images (extracted once, cached), then the named protocols — ``"knn"`` (cosine kNN, weighted
+    vote; ``knn@K`` top-1 for each K) and ``"linear"`` (a linear probe on frozen features;
+    ``linear_top1``).
+
+    ``spec`` is a run directory, checkpoint, ``encoder.safetensors`` file or ``random:SPEC``
+    (:func:`selfsup.models.load_encoder`); with ``head`` (a run directory only), the features
+    are the outputs of that method head after the encoder (e.g. ``projector``). Returns a dict
+    with the metrics, ``label``, ``method``, ``backbone``, ``feature_dim`` and image counts."""
     loaded = load_encoder_with_head(spec, head) if head else load_encoder(spec, seed=seed)
     ftr, ytr, fte, yte = features_for(loaded, data, device=device, cache_dir=cache_dir)
-    result: dict[str, Any] = {
-        "encoder": spec,
-        "label": loaded.label,
-        "method": loaded.meta.get("method"),
-        "backbone": loaded.meta["backbone"]["name"],
-        "feature_dim": int(ftr.shape[1]),
-        "input_space": loaded.meta.get("input_space", "rgb"),
-        "train_images": len(ftr),
-        "test_images": len(fte),
-        "precision": precision_name(device, EVAL_PRECISION),
-    }
+    result = encoder_summary(spec, loaded, ftr, fte)
+    result["input_space"] = loaded.meta.get("input_space", "rgb")
+    result["precision"] = precision_name(device, EVAL_PRECISION)
     if head:
         result["head"] = head
     if "knn" in protocols:

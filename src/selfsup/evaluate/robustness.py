@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from selfsup.data import ImageSource
 from selfsup.evaluate.corruptions import corrupt, corruption_names, default_generator
-from selfsup.evaluate.features import EVAL_PRECISION, extract_features, precision_name
+from selfsup.evaluate.features import EVAL_PRECISION, extract_features, input_spec, precision_name
 from selfsup.evaluate.linear import linear_probe
 from selfsup.evaluate.protocols import EvalData, features_for
 from selfsup.models import LoadedEncoder
@@ -79,14 +79,7 @@ def robustness(
     "severities": [...], "test_images": n}``.
     """
     names = corruptions or corruption_names()
-    meta = loaded.meta
-    common: dict[str, Any] = dict(
-        image_size=meta["image_size"],
-        normalize=meta["normalize"],
-        in_channels=meta["in_channels"],
-        input_space=meta.get("input_space", "rgb"),
-        device=device,
-    )
+    common: dict[str, Any] = dict(**input_spec(loaded.meta), device=device)
     ftr, ytr, fte, yte = features_for(loaded, data, device=device)
     probe = linear_probe(ftr, ytr, fte, yte, epochs=linear_epochs, num_classes=data.num_classes,
                          seed=seed, device=device, return_head=True)  # fmt: skip

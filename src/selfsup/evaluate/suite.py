@@ -32,12 +32,12 @@ import torch
 
 from selfsup.data import ImageSource, random_subset_indices
 from selfsup.evaluate.clustering import clustering_metrics
-from selfsup.evaluate.features import EVAL_PRECISION, extract_features, precision_name
+from selfsup.evaluate.features import EVAL_PRECISION, extract_features, input_spec, precision_name
 from selfsup.evaluate.finetune import FinetuneConfig, finetune
 from selfsup.evaluate.knn import knn_accuracy
 from selfsup.evaluate.linear import linear_probe
 from selfsup.evaluate.ood import generated_ood_images, ood_metrics
-from selfsup.evaluate.protocols import EvalData, features_for
+from selfsup.evaluate.protocols import EvalData, encoder_summary, features_for
 from selfsup.models import LoadedEncoder, load_encoder
 
 AXES = ("knn", "linear", "clustering", "ood", "pretext", "cost", "pictures", "finetune",
@@ -72,16 +72,7 @@ class SuiteOptions:
 
 
 def _features_of(loaded: LoadedEncoder, source: ImageSource, device: str) -> torch.Tensor:
-    meta = loaded.meta
-    return extract_features(
-        loaded.encoder,
-        source,
-        image_size=meta["image_size"],
-        normalize=meta["normalize"],
-        in_channels=meta["in_channels"],
-        input_space=meta.get("input_space", "rgb"),
-        device=device,
-    )
+    return extract_features(loaded.encoder, source, **input_spec(loaded.meta), device=device)
 
 
 def _ood_sources(data: EvalData, opts: SuiteOptions) -> dict[str, ImageSource]:
@@ -183,19 +174,9 @@ def evaluate_all(
     opts = options or SuiteOptions()
     loaded = load_encoder(spec, seed=opts.seed)
     ftr, ytr, fte, yte = features_for(loaded, data, device=opts.device)
-    result: dict[str, Any] = {
-        "encoder": spec,
-        "label": loaded.label,
-        "method": loaded.meta.get("method"),
-        "backbone": loaded.meta["backbone"]["name"],
-        "feature_dim": int(ftr.shape[1]),
-        "data": data.key,
-        "train_images": len(ftr),
-        "test_images": len(fte),
-        "axes": list(axes),
-        "precision": precision_name(opts.device, EVAL_PRECISION),
-        "seconds": {},
-    }
+    result = encoder_summary(spec, loaded, ftr, fte)
+    result.update(data=data.key, axes=list(axes), seconds={})
+    result["precision"] = precision_name(opts.device, EVAL_PRECISION)
 
     def timed(axis: str, fn) -> Any:  # type: ignore[no-untyped-def]
         t0 = time.perf_counter()

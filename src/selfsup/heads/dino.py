@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from selfsup.heads.projection import hidden_layers
+
 
 class WeightNormLinear(nn.Module):
     """Bias-free linear layer with weight normalisation: ``W = g * V / ||V||`` row by row.
@@ -76,16 +78,9 @@ class DINOHead(nn.Module):
         norm_last_layer: bool = True,
     ) -> None:
         super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        layers: list[nn.Module] = []
-        dim = in_dim
-        for _ in range(num_layers - 1):
-            layers.append(nn.Linear(dim, hidden_dim))
-            if use_bn:
-                layers.append(nn.BatchNorm1d(hidden_dim))
-            layers.append(nn.GELU())
-            dim = hidden_dim
+        layers, dim = hidden_layers(
+            in_dim, hidden_dim, num_layers, batch_norm=use_bn, bias=True, activation=nn.GELU
+        )
         layers.append(nn.Linear(dim, bottleneck_dim))
         self.mlp = nn.Sequential(*layers)
         for m in self.mlp.modules():

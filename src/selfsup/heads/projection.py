@@ -2,7 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import Tensor, nn
+
+
+def hidden_layers(
+    in_dim: int,
+    hidden_dim: int,
+    num_layers: int,
+    *,
+    batch_norm: bool,
+    bias: bool,
+    activation: Callable[[], nn.Module] = lambda: nn.ReLU(inplace=True),
+) -> tuple[list[nn.Module], int]:
+    """The hidden part of an MLP of ``num_layers`` Linear layers: ``Linear -> [BN] -> act``
+    repeated ``num_layers - 1`` times, and the width the final Linear then takes (``in_dim``
+    when there is no hidden layer). Shapes: (N, in_dim) -> (N, hidden_dim)."""
+    if num_layers < 1:
+        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+    layers: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(num_layers - 1):
+        layers.append(nn.Linear(dim, hidden_dim, bias=bias))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(hidden_dim))
+        layers.append(activation())
+        dim = hidden_dim
+    return layers, dim
 
 
 class ProjectionHead(nn.Module):
@@ -31,16 +58,9 @@ class ProjectionHead(nn.Module):
         last_batch_norm: bool = False,
     ) -> None:
         super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        layers: list[nn.Module] = []
-        dim = in_dim
-        for _ in range(num_layers - 1):
-            layers.append(nn.Linear(dim, hidden_dim, bias=not batch_norm))
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(hidden_dim))
-            layers.append(nn.ReLU(inplace=True))
-            dim = hidden_dim
+        layers, dim = hidden_layers(
+            in_dim, hidden_dim, num_layers, batch_norm=batch_norm, bias=not batch_norm
+        )
         layers.append(nn.Linear(dim, out_dim, bias=not last_batch_norm))
         if last_batch_norm:
             layers.append(nn.BatchNorm1d(out_dim, affine=False))

@@ -131,9 +131,7 @@ def multiview_nt_xent(
     image = (torch.arange(n, device=views.device) + offset).repeat(v)  # image of each query
     view = torch.arange(v, device=views.device).repeat_interleave(n)
     self_index = view * g + image
-    logits = logits.masked_fill(
-        F.one_hot(self_index, v * g).bool(), torch.finfo(logits.dtype).min
-    )
+    logits = logits.masked_fill(F.one_hot(self_index, v * g).bool(), torch.finfo(logits.dtype).min)
     log_prob = F.log_softmax(logits, dim=1)  # (V n, V G)
     # positives of query (view u, image i): columns (w, i) for every w != u
     positive_cols = torch.arange(v, device=views.device)[None, :] * g + image[:, None]  # (Vn, V)

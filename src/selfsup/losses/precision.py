@@ -57,4 +57,3 @@ def full_precision(fn: F) -> F:
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
-

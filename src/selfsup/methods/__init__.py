@@ -56,7 +56,8 @@ for _cls in (
 
 
 def get_method(name: str) -> type[Method]:
-    """The Method class registered as ``name``; KeyError with a did-you-mean otherwise."""
+    """The :class:`Method` class registered as ``name`` (a module whose ``forward`` maps a uint8
+    batch ``(N, C, H, W)`` to ``(loss, metrics)``); KeyError with a did-you-mean otherwise."""
     try:
         return _METHODS[name]
     except KeyError:
@@ -67,6 +68,7 @@ def get_method(name: str) -> type[Method]:
 
 
 def list_methods() -> list[type[Method]]:
+    """Every registered :class:`Method` class, sorted by name (``selfsup methods`` lists them)."""
     return [_METHODS[k] for k in sorted(_METHODS)]
 
 

@@ -13,14 +13,13 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from selfsup.heads import ProjectionHead
 from selfsup.losses import barlow_twins_loss, cross_correlation
-from selfsup.methods.base import Method, MethodConfig, PositiveRetrieval, StepResult
+from selfsup.methods.base import ProjectorConfig, ProjectorMethod, StepResult
 from selfsup.methods.monitor import collapse_metrics
 from selfsup.utils.distributed import gather_with_grad
 
 
-class BarlowTwinsConfig(MethodConfig):
+class BarlowTwinsConfig(ProjectorConfig):
     proj_hidden_dim: int = Field(default=8192, gt=0)
     proj_out_dim: int = Field(default=8192, gt=0)
     proj_layers: int = Field(default=3, ge=1)
@@ -32,7 +31,7 @@ class BarlowTwinsConfig(MethodConfig):
     the norm and bias parameters LARS does not adapt) the scale sets the effective step size."""
 
 
-class BarlowTwins(PositiveRetrieval, Method):
+class BarlowTwins(ProjectorMethod):
     name = "barlow_twins"
     family = "redundancy reduction"
     description = (
@@ -40,13 +39,7 @@ class BarlowTwins(PositiveRetrieval, Method):
         "(statistics over the global batch)"
     )
     Config = BarlowTwinsConfig
-    default_augment = "simclr_cifar"
-
-    def __init__(self, encoder, cfg: BarlowTwinsConfig, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(encoder, cfg, **kwargs)
-        self.projector = ProjectionHead(
-            encoder.feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim, cfg.proj_layers
-        )
+    cfg: BarlowTwinsConfig
 
     def forward(  # type: ignore[override]
         self,
@@ -57,12 +50,7 @@ class BarlowTwins(PositiveRetrieval, Method):
         offset: int = 0,
     ) -> StepResult:
         n = len(images)
-        x = torch.cat(
-            [
-                self.views(images, generator, global_size, offset),
-                self.views(images, generator, global_size, offset),
-            ]
-        )
+        x = torch.cat(self.two_views(images, generator, global_size, offset))
         z = self.projector(self.encoder(x)).float()  # (2n, proj_out_dim)
         z1, z2 = gather_with_grad(z[:n]), gather_with_grad(z[n:])
         loss = self.cfg.loss_scale * barlow_twins_loss(z1, z2, self.cfg.lambd)

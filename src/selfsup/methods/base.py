@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from selfsup.augment import build_pipeline, recrop_pipeline
 from selfsup.augment.color import input_channels
 from selfsup.backbones import Backbone
+from selfsup.heads import ProjectionHead
 from selfsup.losses.precision import full_precision
 
 NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -148,6 +149,15 @@ class Method(nn.Module):
         out = self.pipeline(images, generator, global_size=global_size, offset=offset)
         return out.contiguous(memory_format=self.memory_format)
 
+    def two_views(
+        self, images: Tensor, generator: torch.Generator, global_size: int | None, offset: int
+    ) -> tuple[Tensor, Tensor]:
+        """Two independently augmented views (N, C, S, S) of a uint8 batch, the first drawn
+        first: what every two-view method (SimCLR, MoCo, BYOL, SimSiam, Barlow Twins, VICReg)
+        compares."""
+        first = self.views(images, generator, global_size, offset)
+        return first, self.views(images, generator, global_size, offset)
+
     def forward(  # type: ignore[override]
         self,
         images: Tensor,
@@ -231,8 +241,31 @@ class PositiveRetrieval:
 
     @torch.no_grad()
     def pretext_metrics(self, images: Tensor, generator: torch.Generator) -> dict[str, float]:
-        views = self.views  # type: ignore[attr-defined]
-        z1 = self.projector(self.encoder(views(images, generator, None, 0)))
-        z2 = self.projector(self.encoder(views(images, generator, None, 0)))
+        x1, x2 = self.two_views(images, generator, None, 0)  # type: ignore[attr-defined]
+        z1, z2 = self.projector(self.encoder(x1)), self.projector(self.encoder(x2))
         target = torch.arange(len(images), device=z1.device)
         return {"positive_retrieval_top1": float(contrastive_accuracy(z1, z2, target))}
+
+
+class ProjectorConfig(MethodConfig):
+    """``method_args`` of a method with one projection MLP on the encoder; each method sets its
+    published defaults."""
+
+    proj_hidden_dim: int = Field(default=2048, gt=0)
+    proj_out_dim: int = Field(default=128, gt=0)
+    proj_layers: int = Field(default=2, ge=1)
+
+
+class ProjectorMethod(PositiveRetrieval, Method):
+    """A two-view method whose ``projector`` is ``ProjectionHead(feature_dim, proj_hidden_dim,
+    proj_out_dim, proj_layers)``, (N, D) -> (N, proj_out_dim): SimCLR, Barlow Twins, VICReg.
+    Its pretext metric is :class:`PositiveRetrieval`'s."""
+
+    default_augment = "simclr_cifar"
+    cfg: ProjectorConfig
+
+    def __init__(self, encoder: Backbone, cfg: ProjectorConfig, **kwargs: Any) -> None:
+        super().__init__(encoder, cfg, **kwargs)
+        self.projector = ProjectionHead(
+            encoder.feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim, cfg.proj_layers
+        )

@@ -62,12 +62,7 @@ class BYOL(PositiveRetrieval, Method):
         offset: int = 0,
     ) -> StepResult:
         n = len(images)
-        x = torch.cat(
-            [
-                self.views(images, generator, global_size, offset),
-                self.views(images, generator, global_size, offset),
-            ]
-        )
+        x = torch.cat(self.two_views(images, generator, global_size, offset))
         z = self.projector(self.encoder(x))  # (2n, proj_out_dim)
         p = self.predictor(z).float()
         with torch.no_grad():

@@ -124,8 +124,8 @@ class _MoCo(Method):
     def pretext_metrics(self, images: Tensor, generator: torch.Generator) -> dict[str, float]:
         """Positive retrieval: how often the key of the other view of the same image is the
         nearest (cosine) to a query among the keys of the batch."""
-        q = self.query(self.views(images, generator, None, 0))
-        k = self.keys(self.views(images, generator, None, 0))
+        x1, x2 = self.two_views(images, generator, None, 0)
+        q, k = self.query(x1), self.keys(x2)
         target = torch.arange(len(images), device=q.device)
         return {"positive_retrieval_top1": float(contrastive_accuracy(q, k, target))}
 
@@ -175,8 +175,7 @@ class MoCoV2(_MoCo):
         offset: int = 0,
     ) -> StepResult:
         self.check_global_batch(global_size or len(images))
-        x1 = self.views(images, generator, global_size, offset)
-        x2 = self.views(images, generator, global_size, offset)
+        x1, x2 = self.two_views(images, generator, global_size, offset)
         q1 = self.query(x1).float()
         k2 = self.keys(x2)
         negatives = self.queue.clone()  # (K, D); the enqueue after the step must not touch it
@@ -296,8 +295,7 @@ class MoCoV3(_MoCo):
         offset: int = 0,
     ) -> StepResult:
         n = len(images)
-        x1 = self.views(images, generator, global_size, offset)
-        x2 = self.views(images, generator, global_size, offset)
+        x1, x2 = self.two_views(images, generator, global_size, offset)
         z1 = self.projector(self.encoder(x1))
         z2 = self.projector(self.encoder(x2))
         q1, q2 = self.predictor(z1).float(), self.predictor(z2).float()

@@ -17,18 +17,15 @@ from pydantic import Field
 from torch import Tensor
 
 from selfsup.augment import recrop_pipeline
-from selfsup.heads import ProjectionHead
+from selfsup.backbones import Backbone
 from selfsup.losses import multiview_nt_xent, nt_xent
-from selfsup.methods.base import Method, MethodConfig, PositiveRetrieval, StepResult
+from selfsup.methods.base import ProjectorConfig, ProjectorMethod, StepResult
 from selfsup.methods.monitor import collapse_metrics
 from selfsup.utils.distributed import gather_with_grad
 
 
-class SimCLRConfig(MethodConfig):
+class SimCLRConfig(ProjectorConfig):
     temperature: float = Field(default=0.5, gt=0)
-    proj_hidden_dim: int = Field(default=2048, gt=0)
-    proj_out_dim: int = Field(default=128, gt=0)
-    proj_layers: int = Field(default=2, ge=1)
     num_local_crops: int = Field(default=0, ge=0)
     """Extra small crops per image (multi-crop); 0 = the paper's two views."""
     local_crop_size: int | None = Field(default=None, gt=0)
@@ -37,20 +34,17 @@ class SimCLRConfig(MethodConfig):
     """Crop area range of the local crops."""
 
 
-class SimCLR(PositiveRetrieval, Method):
+class SimCLR(ProjectorMethod):
     name = "simclr"
     family = "contrastive"
     description = (
         "two views, projection head, NT-Xent with in-batch negatives gathered across processes"
     )
     Config = SimCLRConfig
-    default_augment = "simclr_cifar"
+    cfg: SimCLRConfig
 
-    def __init__(self, encoder, cfg: SimCLRConfig, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, encoder: Backbone, cfg: SimCLRConfig, **kwargs: object) -> None:
         super().__init__(encoder, cfg, **kwargs)
-        self.projector = ProjectionHead(
-            encoder.feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim, cfg.proj_layers
-        )
         local_size = cfg.local_crop_size or max(1, self.image_size // 2)
         self.local_pipeline = (
             recrop_pipeline(self.pipeline, local_size, cfg.local_crop_scale)
@@ -67,8 +61,7 @@ class SimCLR(PositiveRetrieval, Method):
         offset: int = 0,
     ) -> StepResult:
         n = len(images)
-        x1 = self.views(images, generator, global_size, offset)
-        x2 = self.views(images, generator, global_size, offset)
+        x1, x2 = self.two_views(images, generator, global_size, offset)
         features = self.encoder(torch.cat([x1, x2]))
         z = self.projector(features).float()
         z1, z2 = z[:n], z[n:]

@@ -27,8 +27,6 @@ RGB of predicted L + true ab against the original).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from pydantic import Field
 from torch import Tensor
@@ -36,14 +34,12 @@ from torch import Tensor
 from selfsup.augment.color import AB_SCALE, L_CENTER, L_SCALE, lab_to_rgb
 from selfsup.backbones import Backbone
 from selfsup.backbones.channel_split import ChannelSplitBackbone
-from selfsup.errors import ConfigError
 from selfsup.heads import ConvDecoder, feature_map_shape, spatial_features
-from selfsup.methods.base import MethodConfig, StepResult
-from selfsup.methods.colorization import (
-    AB_GRID,
+from selfsup.methods.base import StepResult
+from selfsup.methods.lab_pretext import (
     LabMethod,
+    LabPretextConfig,
     SoftBins,
-    ab_bins,
     colorization_errors,
     l_bins,
     no_autocast,
@@ -54,28 +50,16 @@ from selfsup.methods.colorization import (
 __all__ = ["SplitBrain", "SplitBrainConfig"]
 
 
-class SplitBrainConfig(MethodConfig):
-    mode: Literal["classification", "regression"] = "classification"
-    """Both directions as ``classification`` over bins (the paper) or ``regression``."""
-    decoder_dim: int = Field(default=256, gt=0)
-    decoder_min_dim: int = Field(default=32, gt=0)
-    target_downsample: int = Field(default=2, ge=1)
-    """Predict (and compare) at ``image_size // target_downsample``."""
-    neighbors: int = Field(default=5, ge=1)
-    """Soft encoding: nearest bins per pixel (both directions)."""
-    sigma: float = Field(default=5.0, gt=0)
-    """Soft encoding of ab: Gaussian width in ab units."""
+class SplitBrainConfig(LabPretextConfig):
+    """The shared Lab options (:class:`~selfsup.methods.lab_pretext.LabPretextConfig`) for both
+    directions, the L bins, and the weight of the ab -> L loss."""
+
     l_bins: int = Field(default=50, ge=2)
     """Number of uniform L bins over [0, 100]."""
     l_sigma: float = Field(default=1.0, gt=0)
     """Soft encoding of L: Gaussian width in L units (half a bin of the default 50)."""
     rebalance: bool = False
     """Class rebalancing of the ab bins (the split-brain paper trains without it)."""
-    rebalance_mix: float = Field(default=0.5, gt=0, le=1)
-    temperature: float = Field(default=0.38, gt=0)
-    regression_loss: Literal["l2", "smooth_l1"] = "l2"
-    smooth_l1_beta: float = Field(default=0.05, gt=0)
-    """smooth-L1 threshold in the scaled units (ab / 110, (L - 50) / 50)."""
     l_weight: float = Field(default=1.0, ge=0)
     """Weight of the ab -> L loss beside the L -> ab loss."""
 
@@ -97,24 +81,13 @@ class SplitBrain(LabMethod):
     cfg: SplitBrainConfig
     encoder: ChannelSplitBackbone
 
-    @classmethod
-    def encoder_channels(cls, data_channels: int) -> int:
-        if data_channels != 3:
-            raise ConfigError(
-                f"{cls.name} needs colour (3-channel) training data: {data_channels}-channel "
-                "images have no ab channels"
-            )
-        return 3
-
     def __init__(self, encoder: Backbone, cfg: SplitBrainConfig, **kwargs) -> None:  # type: ignore[no-untyped-def]
         if not isinstance(encoder, ChannelSplitBackbone) or encoder.groups != (1, 2):
             raise ValueError(
                 f"{self.name} needs a ChannelSplitBackbone with channel groups (1, 2) "
                 f"(L, ab), got {type(encoder).__name__}"
             )
-        augment = kwargs.pop("augment", None)
-        super().__init__(encoder, cfg, augment=augment or self.default_augment, **kwargs)
-        self._setup_views(augment, cfg.target_downsample)
+        super().__init__(encoder, cfg, **kwargs)
         size = self.image_size
         dim_l, h_l = feature_map_shape(encoder.branches[0], 1, size)
         dim_ab, h_ab = feature_map_shape(encoder.branches[1], 2, size)
@@ -122,15 +95,7 @@ class SplitBrain(LabMethod):
         self.l_bins: SoftBins | None = None
         ab_out, l_out = 2, 1
         if cfg.mode == "classification":
-            self.ab_bins = SoftBins(
-                ab_bins(),
-                neighbors=cfg.neighbors,
-                sigma=cfg.sigma,
-                rebalance=cfg.rebalance,
-                mix=cfg.rebalance_mix,
-                temperature=cfg.temperature,
-                grid=AB_GRID,
-            )
+            self.ab_bins = self.soft_ab_bins()
             self.l_bins = SoftBins(
                 l_bins(cfg.l_bins),
                 neighbors=cfg.neighbors,

@@ -13,14 +13,13 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from selfsup.heads import ProjectionHead
 from selfsup.losses import vicreg_terms
-from selfsup.methods.base import Method, MethodConfig, PositiveRetrieval, StepResult
+from selfsup.methods.base import ProjectorConfig, ProjectorMethod, StepResult
 from selfsup.methods.monitor import collapse_metrics
 from selfsup.utils.distributed import gather_with_grad
 
 
-class VICRegConfig(MethodConfig):
+class VICRegConfig(ProjectorConfig):
     proj_hidden_dim: int = Field(default=8192, gt=0)
     proj_out_dim: int = Field(default=8192, gt=0)
     proj_layers: int = Field(default=3, ge=1)
@@ -30,7 +29,7 @@ class VICRegConfig(MethodConfig):
     eps: float = Field(default=1e-4, gt=0)
 
 
-class VICReg(PositiveRetrieval, Method):
+class VICReg(ProjectorMethod):
     name = "vicreg"
     family = "redundancy reduction"
     description = (
@@ -38,13 +37,7 @@ class VICReg(PositiveRetrieval, Method):
         "expander outputs (statistics over the global batch)"
     )
     Config = VICRegConfig
-    default_augment = "simclr_cifar"
-
-    def __init__(self, encoder, cfg: VICRegConfig, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(encoder, cfg, **kwargs)
-        self.projector = ProjectionHead(
-            encoder.feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim, cfg.proj_layers
-        )
+    cfg: VICRegConfig
 
     def forward(  # type: ignore[override]
         self,
@@ -55,12 +48,7 @@ class VICReg(PositiveRetrieval, Method):
         offset: int = 0,
     ) -> StepResult:
         n = len(images)
-        x = torch.cat(
-            [
-                self.views(images, generator, global_size, offset),
-                self.views(images, generator, global_size, offset),
-            ]
-        )
+        x = torch.cat(self.two_views(images, generator, global_size, offset))
         z = self.projector(self.encoder(x)).float()  # (2n, proj_out_dim)
         terms = vicreg_terms(gather_with_grad(z[:n]), gather_with_grad(z[n:]), self.cfg.eps)
         cfg = self.cfg

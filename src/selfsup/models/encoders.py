@@ -32,6 +32,10 @@ from selfsup.utils.io import file_digest, latest_checkpoint, load_safetensors
 
 @dataclass
 class LoadedEncoder:
+    """An encoder ``(N, C, S, S) -> (N, D)`` with its ``encoder.json`` meta (backbone,
+    ``image_size`` S, ``in_channels`` C, ``normalize``, ``input_space``, ``feature_dim`` D,
+    ``method``)."""
+
     encoder: Backbone
     meta: dict[str, Any]
     identity: str
@@ -138,7 +142,10 @@ def _meta_for(weights: Path, run_dir: Path | None) -> dict[str, Any]:
 def load_encoder(
     spec: str, *, seed: int = 0, defaults: dict[str, Any] | None = None
 ) -> LoadedEncoder:
-    """Load an encoder by spec (see module docstring).
+    """Load an encoder by spec (see the module docstring): a run directory, a checkpoint, an
+    ``encoder.safetensors`` file (with its ``.json`` beside it) or ``random:SPEC``. The result's
+    ``encoder`` maps images ``(N, in_channels, image_size, image_size)`` float, prepared as its
+    ``meta`` says (``normalize``, ``input_space``), to features ``(N, meta["feature_dim"])``.
 
     ``defaults`` supplies meta fields (image_size, in_channels, normalize) for ``random:NAME``
     where NAME is a bare backbone name.

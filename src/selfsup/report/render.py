@@ -138,15 +138,19 @@ def render_html(
     chart_list: Sequence[Chart] | None = None,
 ) -> str:
     """The whole page (``chart_list``: the charts, when already drawn)."""
-    return _environment(autoescape=True).get_template("report.html.j2").render(
-        title=title,
-        csp=CSP,
-        generated=_now(),
-        version=__version__,
-        notes=notes,
-        columns=[_column_view(i, c, embed=True) for i, c in enumerate(columns)],
-        table=_table_view(rows),
-        charts=charts(columns) if chart_list is None else chart_list,
+    return (
+        _environment(autoescape=True)
+        .get_template("report.html.j2")
+        .render(
+            title=title,
+            csp=CSP,
+            generated=_now(),
+            version=__version__,
+            notes=notes,
+            columns=[_column_view(i, c, embed=True) for i, c in enumerate(columns)],
+            table=_table_view(rows),
+            charts=charts(columns) if chart_list is None else chart_list,
+        )
     )
 
 
@@ -167,11 +171,15 @@ def render_markdown(
         folder.mkdir(parents=True, exist_ok=True)
         for chart in chart_list:
             (folder / f"{chart.stem}.svg").write_text(chart.svg, encoding="utf-8")
-    return _environment(autoescape=False).get_template("report.md.j2").render(
-        title=title,
-        generated=_now(),
-        notes=notes,
-        columns=[_column_view(i, c, embed=False) for i, c in enumerate(columns)],
-        table=_table_view(rows),
-        charts=chart_list,
+    return (
+        _environment(autoescape=False)
+        .get_template("report.md.j2")
+        .render(
+            title=title,
+            generated=_now(),
+            notes=notes,
+            columns=[_column_view(i, c, embed=False) for i, c in enumerate(columns)],
+            table=_table_view(rows),
+            charts=chart_list,
+        )
     )

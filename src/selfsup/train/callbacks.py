@@ -137,9 +137,7 @@ class ProgressBar(Callback):
             self.bar.total = run.total_steps
         self.bar.update(1)
         if run.logging_now:
-            self.bar.set_postfix(
-                loss=f"{run.last_loss:.4f}", img_s=f"{run.images_per_second:.0f}"
-            )
+            self.bar.set_postfix(loss=f"{run.last_loss:.4f}", img_s=f"{run.images_per_second:.0f}")
 
     def on_fit_end(self, run: TrainingRun) -> None:
         self.close()

@@ -131,8 +131,11 @@ def save_checkpoint(
         full = " (the disk is full)" if err.errno in (errno.ENOSPC, errno.EDQUOT) else ""
         raise CheckpointWriteError(
             f"could not write checkpoint {name} in {root}: {err.strerror or err}{full}. "
-            + (f"The previous checkpoint {kept.name} is kept; " if kept else "No checkpoint is "
-               "kept; ")
+            + (
+                f"The previous checkpoint {kept.name} is kept; "
+                if kept
+                else "No checkpoint is kept; "
+            )
             + "free some space and continue with --resume."
         ) from err
     if final.exists():  # the same step again (e.g. resuming a finished run)

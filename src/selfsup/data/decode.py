@@ -159,6 +159,14 @@ def decode_crop(
     return arr[..., None] if arr.ndim == 2 else arr
 
 
+def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
+    """Shorter side resized to ``size`` (antialiased bilinear) and the centre cropped to a
+    square: how the decode-once cache and evaluation see an image."""
+    if image.size == (size, size):
+        return image
+    return ImageOps.fit(image, (size, size), method=Image.Resampling.BILINEAR)
+
+
 def describe_failure(exc: BaseException) -> str:
     """A one-line reason for a file that could not be decoded (as the cache lists them)."""
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

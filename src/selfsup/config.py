@@ -97,7 +97,8 @@ class BackboneConfig(Section):
         """Keyword arguments for :func:`selfsup.backbones.build_backbone` of this family."""
         name = self.name
         if name.startswith(("torchvision:", "timm:")):
-            return {"pretrained": True} if self.pretrained else {}
+            adapter: dict[str, Any] = {"in_channels": in_channels}
+            return {**adapter, "pretrained": True} if self.pretrained else adapter
         if name.startswith("resnet"):
             kwargs: dict[str, Any] = {"stem": self.stem, "width": self.width}
         elif name.startswith("vit"):

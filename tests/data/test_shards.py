@@ -186,3 +186,19 @@ def test_subset_of_shards_is_refused(shard_dir: Path) -> None:
         _stream(shard_dir).subset([0, 1])
     with pytest.raises(FileNotFoundError, match="shard not found"):
         open_shards(str(shard_dir / "train-{000000..000009}.tar"), DecodeSpec(8))
+
+
+def test_cli_writes_shards(tmp_path: Path, capsys) -> None:
+    from selfsup import cli
+
+    root = jpeg_folder(tmp_path / "images", 4, classes=())  # flat: unlabeled
+    out = tmp_path / "sh"
+    argv = ["shards", str(root), "--out", str(out), "--shard-size", "3", "--prefix", "part"]
+    assert cli.main(argv) == 0
+    assert "wrote 4 images, unlabeled into 2 shards" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["part-000000.tar", "part-000001.tar",
+                                                     "shards.json"]  # fmt: skip
+    source = _stream(out)
+    assert source.counts == [3, 1] and source.num_classes is None
+    assert cli.main(["shards", str(tmp_path / "missing"), "--out", str(out)]) == 1
+    assert "image folder not found" in capsys.readouterr().err

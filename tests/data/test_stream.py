@@ -228,6 +228,7 @@ def test_training_on_a_streamed_folder_resumes_exactly(tmp_path: Path) -> None:
         "eval_data.source=null", "backbone.name=resnet_tiny", "train.batch_size=4",
         "train.epochs=2", "train.precision=fp32", "train.progress=false",
         "train.tensorboard=false", "train.num_threads=1", "train.checkpoint_every_steps=2",
+        "train.knn_monitor.every_epochs=0",
     ]  # fmt: skip
 
     def train(out: str, stop: int | None = None, resume: bool = False) -> Path:

@@ -40,12 +40,15 @@ class DecodeSpec:
             augmentation (on the device) crops again from this row, so the default keeps most
             of the image: ``(0.25, 1.0)``.
         ratio: aspect-ratio range (width / height) of the random crop.
+        draft: decode JPEGs at the smallest DCT scale that covers the crop (fast; differs
+            from a full decode by JPEG noise); False decodes in full.
     """
 
     size: int
     grayscale: bool = False
     scale: tuple[float, float] = (0.25, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    draft: bool = True
 
     def __post_init__(self) -> None:
         if self.size <= 0:
@@ -129,7 +132,7 @@ def decode_crop(
             box = center_box(width, height)
         else:
             box = random_crop_box(width, height, rng, spec.scale, spec.ratio)
-        if im.format == "JPEG":
+        if im.format == "JPEG" and spec.draft:
             # the largest DCT scale (1, 1/2, 1/4, 1/8) that keeps the box >= S pixels
             shrink = min(box[2], box[3]) / spec.size
             request = (

@@ -122,12 +122,14 @@ def expand_shard_spec(spec: str) -> list[str]:
 
 @dataclass
 class ShardSample:
-    """One sample of a shard: its key, the encoded image and its extension, the label."""
+    """One sample of a shard: its key, the encoded image and its extension, the label and the
+    image's path in the folder the shards were written from (``KEY.path``), when present."""
 
     key: str
     data: bytes
     ext: str
     label: int | None
+    path: str | None = None
 
 
 def open_shard(url: str) -> Any:
@@ -177,7 +179,11 @@ def iter_shard(url: str, skip: int = 0) -> Iterator[ShardSample]:
             if n <= skip:
                 continue
             where = f"{url}#{sample['__key__']}"
-            yield ShardSample(sample["__key__"], image[1], image[0], _label(sample, where))
+            path = sample.get("path")
+            yield ShardSample(
+                sample["__key__"], image[1], image[0], _label(sample, where),
+                path.decode() if isinstance(path, bytes) else path,
+            )  # fmt: skip
     finally:
         stream.close()
 

@@ -41,9 +41,13 @@ def folder(tmp_path: Path) -> Path:
     for rel in names:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         size = (int(rng.integers(20, 50)), int(rng.integers(20, 50)))
-        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(
-            root / rel, quality=95
-        )
+        im = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        if rel == "a/2.png":  # transparent pixels: composited on white
+            im.putalpha(Image.fromarray(rng.integers(0, 256, size[::-1], dtype=np.uint8)))
+        exif = Image.Exif()
+        if rel == "b/6.jpg":  # displayed rotated
+            exif[0x0112] = 6
+        im.save(root / rel, quality=95, exif=exif)
     (root / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff truncated")
     (root / "notes.txt").write_text("not an image")
     return root
@@ -65,13 +69,13 @@ def test_embed_folder_to_npy(folder: Path, encoder_dir: Path, tmp_path: Path) ->
     with torch.no_grad():
         expected = encoder(encoder.preprocess([Image.open(folder / n) for n in names]))
     assert np.allclose(features, expected.numpy(), atol=1e-5)
-    # --draft: JPEGs twice the encoder's size or more decoded at a DCT scale, as the cache does
-    embed_images(folder, encoder_dir, tmp_path / "draft.npy", workers=0, progress=False,
-                 draft=True)  # fmt: skip
+    # --fast: JPEGs decoded as training streams them (DCT scale when twice the size or more)
+    embed_images(folder, encoder_dir, tmp_path / "fast.npy", workers=0, progress=False,
+                 fast=True)  # fmt: skip
     decoded = np.stack([decode_crop(folder / n, DecodeSpec(16)) for n in names])
     with torch.no_grad():
-        drafted = encoder(torch.from_numpy(decoded).permute(0, 3, 1, 2) / 255.0)
-    assert np.allclose(np.load(tmp_path / "draft.npy"), drafted.numpy(), atol=1e-5)
+        streamed = encoder(torch.from_numpy(decoded).permute(0, 3, 1, 2) / 255.0)
+    assert np.allclose(np.load(tmp_path / "fast.npy"), streamed.numpy(), atol=1e-5)
 
 
 def test_embed_shards_gives_the_folder_embeddings(

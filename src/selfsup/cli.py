@@ -309,7 +309,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
     summary = embed_images(args.source, args.encoder, args.out, batch_size=args.batch_size,
                            workers=args.workers, device=args.device,
-                           draft=args.draft)  # fmt: skip
+                           fast=args.fast)  # fmt: skip
     print(f"embedded {summary.images} images ({summary.feature_dim} features each)")
     for name, reason in summary.skipped[:10]:
         print(f"skipped {name}: {reason}")
@@ -544,8 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="decoding processes")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--draft", action="store_true", help="decode large JPEGs at a DCT scale "
-                   "(faster; not bit-identical to Encoder.preprocess)")  # fmt: skip
+    p.add_argument("--fast", action="store_true", help="decode JPEGs as training streams them "
+                   "(DCT scaling, libjpeg-turbo): faster, not bit-identical to "
+                   "Encoder.preprocess")  # fmt: skip
     p.set_defaults(func=_cmd_embed)
 
     p = sub.add_parser("shards", help="write an image folder as WebDataset shards")

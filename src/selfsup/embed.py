@@ -1,10 +1,11 @@
 """``selfsup embed``: the features of every image of a folder (or shard set), to a file.
 
-Images are decoded in DataLoader workers exactly as :meth:`selfsup.Encoder.preprocess` does
-it (shorter side resized to the encoder's image size, centre crop; with ``draft=True`` a JPEG
-at least twice that size is decoded at a DCT scale first, as the decode-once cache does: much
-faster for large photos, different from a full decode by JPEG noise), encoded in batches, and
-written in the order of the file list:
+Images are decoded in DataLoader workers exactly as :meth:`selfsup.Encoder.preprocess` does it
+for the opened file (Pillow, centred square resized to the encoder's image size; with
+``fast=True`` JPEGs are decoded as training streams them: at a DCT scale when at least twice
+that size, else by torchvision's libjpeg-turbo decoder — much faster for large photos, and
+different from Pillow's full decode by JPEG noise), encoded in batches, and written in the
+order of the file list:
 
 - ``OUT.npy``: float32 ``(N, D)``, plus ``OUT.txt``: the N image paths (relative to the
   folder; ``shard#key`` or the stored path for shards), one per line;
@@ -120,7 +121,7 @@ def embed_images(
     workers: int = 2,
     device: str = "cpu",
     progress: bool = True,
-    draft: bool = False,
+    fast: bool = False,
 ) -> EmbedSummary:
     """Embed every image of ``source`` (a folder, or WebDataset shards) with ``encoder`` (a
     path :meth:`selfsup.Encoder.from_pretrained` reads, or an :class:`~selfsup.Encoder`) and
@@ -134,7 +135,7 @@ def embed_images(
     if not isinstance(encoder, Encoder):
         encoder = Encoder.from_pretrained(encoder)
     encoder = encoder.to(device).eval()
-    spec = DecodeSpec(encoder.image_size, draft=draft)
+    spec = DecodeSpec(encoder.image_size, fast=fast)
     text = str(source)
     if is_shard_spec(text):
         dataset: Dataset | IterableDataset = _ShardImages(expand_shard_spec(text), spec)

@@ -91,6 +91,32 @@ def test_exif_orientation_is_applied_before_cropping(tmp_path: Path) -> None:
     assert np.abs(a - b).mean() < 4.0
 
 
+def test_decoders_agree_and_fail_clearly(
+    tmp_path: Path, truncated_jpeg: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torchvision's libjpeg decoder (used for JPEGs without a DCT scale) and Pillow give the
+    same crop; CMYK and grey JPEGs decode; a truncated JPEG is an error saying so."""
+    from selfsup.data import decode
+
+    path = tmp_path / "p.jpg"
+    smooth_image(4, (300, 200)).save(path, quality=95)
+    spec = DecodeSpec(150)
+    fast = decode_crop(path, spec, np.random.default_rng(0)).astype(np.float32)
+    monkeypatch.setattr(decode, "decode_jpeg", None)  # Pillow only
+    slow = decode_crop(path, spec, np.random.default_rng(0)).astype(np.float32)
+    monkeypatch.undo()
+    assert np.abs(fast - slow).mean() < 1.0
+    smooth_image(5, (64, 48)).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    assert decode_crop(tmp_path / "cmyk.jpg", DecodeSpec(40)).shape == (40, 40, 3)
+    smooth_image(6, (64, 48)).convert("L").save(tmp_path / "grey.jpg")
+    assert decode_crop(tmp_path / "grey.jpg", DecodeSpec(40)).shape == (40, 40, 3)
+    assert decode_crop(tmp_path / "grey.jpg", DecodeSpec(40, grayscale=True)).shape[2] == 1
+    with pytest.raises(OSError, match="truncated"):
+        decode_crop(truncated_jpeg, DecodeSpec(64))  # libjpeg path (96 px: no DCT scale)
+    with pytest.raises(OSError, match="truncated"):
+        decode_crop(truncated_jpeg, DecodeSpec(16))  # Pillow at a DCT scale
+
+
 def test_modes_and_bytes_input(tmp_path: Path) -> None:
     rgba = Image.new("RGBA", (30, 30), (255, 0, 0, 0))  # fully transparent red
     rgba.save(tmp_path / "t.png")

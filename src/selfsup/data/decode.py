@@ -3,9 +3,11 @@
 A streaming loader never holds a decoded full-resolution image for longer than one call: it
 picks the crop box from the file's header (its size), asks Pillow for the smallest JPEG DCT
 scale that still covers the box at the output resolution (``Image.draft``: decoding at 1/2, 1/4
-or 1/8 of the size costs a fraction of a full decode), and resizes only the box to the output
-size in one step (``Image.resize(box=...)``, antialiased bilinear). The result is a uint8
-``(size, size, C)`` array, the same kind of rows the decode-once cache holds.
+or 1/8 of the size costs a fraction of a full decode; other JPEGs go to torchvision's
+libjpeg-turbo decoder, which is faster than Pillow's full decode), and resizes only the box to
+the output size in one step (torch's antialiased bilinear uint8 kernel, several times faster
+than Pillow's resize). The result is a uint8 ``(size, size, C)`` array, the same kind of rows
+the decode-once cache holds.
 
 Crop boxes follow torchvision's ``RandomResizedCrop`` rule (area fraction uniform in ``scale``,
 log-uniform aspect ratio in ``ratio``, ten tries, then the centre crop), drawn from a
@@ -17,11 +19,19 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+try:  # deprecated in torchvision 0.29 (for torchcodec); Pillow decodes everything without it
+    from torchvision.io import ImageReadMode, decode_jpeg
+except ImportError:  # pragma: no cover - depends on the torchvision build
+    decode_jpeg = None
 
 from selfsup.data.sources import _pil_to_8bit
 
@@ -40,15 +50,17 @@ class DecodeSpec:
             augmentation (on the device) crops again from this row, so the default keeps most
             of the image: ``(0.25, 1.0)``.
         ratio: aspect-ratio range (width / height) of the random crop.
-        draft: decode JPEGs at the smallest DCT scale that covers the crop (fast; differs
-            from a full decode by JPEG noise); False decodes in full.
+        fast: decode a JPEG at the smallest DCT scale that covers the crop, or else with
+            torchvision's libjpeg-turbo decoder (fast; differs from Pillow's full decode by
+            JPEG noise); False: Pillow decodes every file in full, so a row equals
+            ``resize_center_crop(Image.open(file))`` (what ``Encoder.preprocess`` computes).
     """
 
     size: int
     grayscale: bool = False
     scale: tuple[float, float] = (0.25, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    draft: bool = True
+    fast: bool = True
 
     def __post_init__(self) -> None:
         if self.size <= 0:
@@ -117,13 +129,26 @@ def decode_crop(
     the centred square. EXIF orientation is applied first (the box is drawn on the image as
     displayed), transparency is composited on white, any mode becomes RGB or L.
 
-    Raises whatever Pillow raises for unreadable, truncated or non-image data.
+    The box is read from the header; a JPEG whose box is at least twice the output size is
+    decoded by Pillow at a DCT scale (``spec.draft``), another RGB or grey JPEG by
+    torchvision's libjpeg-turbo decoder, anything else by Pillow. The box (rounded to whole
+    pixels) is resized to ``S x S`` by torch's antialiased bilinear uint8 kernel.
+
+    Raises whatever the decoders raise for unreadable, truncated or non-image data.
     """
-    fp = io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview) else data
-    with Image.open(fp) as im:
+    raw = bytes(data) if isinstance(data, bytes | bytearray | memoryview) else None
+    if raw is None:
+        with open(data, "rb") as f:
+            raw = f.read()
+    try:
+        opened = Image.open(io.BytesIO(raw))
+    except UnidentifiedImageError:
+        what = "the given bytes" if isinstance(data, bytes | bytearray | memoryview) else data
+        raise UnidentifiedImageError(f"cannot identify image file {what}") from None
+    with opened as im:
         stored_w, stored_h = im.size
         try:
-            orientation = int(im.getexif().get(0x0112, 1))
+            orientation = int(im.getexif().get(0x0112, 1)) if "exif" in im.info else 1
         except Exception:  # malformed EXIF: keep the image as stored
             orientation = 1
         swap = orientation in _SWAPPING_ORIENTATIONS
@@ -132,42 +157,89 @@ def decode_crop(
             box = center_box(width, height)
         else:
             box = random_crop_box(width, height, rng, spec.scale, spec.ratio)
-        if im.format == "JPEG" and spec.draft:
-            # the largest DCT scale (1, 1/2, 1/4, 1/8) that keeps the box >= S pixels
-            shrink = min(box[2], box[3]) / spec.size
-            request = (
-                max(1, math.ceil(stored_w / shrink)),
-                max(1, math.ceil(stored_h / shrink)),
-            )
-            im.draft("L" if spec.grayscale and im.mode == "RGB" else im.mode, request)
-        im.load()  # raises on truncated data
-        if orientation != 1:
-            try:
-                im = ImageOps.exif_transpose(im)
-            except Exception:  # malformed EXIF must not lose the image
-                pass
-        im = _pil_to_8bit(im)
-        if im.mode == "RGBA":
-            background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(background, im)
-        mode = "L" if spec.grayscale else "RGB"
-        if im.mode != mode:
-            im = im.convert(mode)
-        # the box in the decoded (possibly DCT-downscaled) image's pixels
-        fx, fy = im.size[0] / width, im.size[1] / height
-        left, top, w, h = box
-        scaled = (left * fx, top * fy, (left + w) * fx, (top + h) * fy)
-        out = im.resize((spec.size, spec.size), Image.Resampling.BILINEAR, box=scaled)
-        arr = np.asarray(out, dtype=np.uint8)
-    return arr[..., None] if arr.ndim == 2 else arr
+        shrink = min(box[2], box[3]) / spec.size
+        jpeg = im.format == "JPEG" and spec.fast
+        if jpeg and shrink >= 2:
+            pixels = _pillow_pixels(im, spec, orientation, (stored_w, stored_h), shrink)
+        elif jpeg and decode_jpeg is not None and im.mode in ("RGB", "L"):
+            im.close()
+            pixels = _libjpeg_pixels(raw, spec.grayscale)
+        else:
+            pixels = _pillow_pixels(im, spec, orientation, None, 1.0)
+    # the box in the decoded (possibly DCT-downscaled) image's pixels
+    fx, fy = pixels.shape[-1] / width, pixels.shape[-2] / height
+    left, top, w, h = box
+    return resize_box(pixels, (left * fx, top * fy, w * fx, h * fy), spec.size)
 
 
-def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Shorter side resized to ``size`` (antialiased bilinear) and the centre cropped to a
-    square: how the decode-once cache and evaluation see an image."""
-    if image.size == (size, size):
-        return image
-    return ImageOps.fit(image, (size, size), method=Image.Resampling.BILINEAR)
+def resize_box(pixels: torch.Tensor, box: Box, size: int) -> np.ndarray:
+    """The ``box`` (rounded to whole pixels) of a uint8 ``(C, H, W)`` image resized to
+    ``(size, size, C)`` uint8 by torch's antialiased bilinear kernel."""
+    left, top, w, h = box
+    x0, y0 = round(left), round(top)
+    x1 = min(max(round(left + w), x0 + 1), pixels.shape[-1])
+    y1 = min(max(round(top + h), y0 + 1), pixels.shape[-2])
+    crop = pixels[None, :, y0:y1, x0:x1].contiguous(memory_format=torch.channels_last)
+    if crop.shape[-2:] != (size, size):
+        crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True)
+    return crop[0].permute(1, 2, 0).numpy()
+
+
+def _libjpeg_pixels(raw: bytes, grayscale: bool) -> torch.Tensor:
+    """A JPEG decoded by torchvision (EXIF orientation applied): uint8 ``(C, H, W)``."""
+    mode = ImageReadMode.GRAY if grayscale else ImageReadMode.RGB
+    encoded = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            return decode_jpeg(encoded, mode=mode, apply_exif_orientation=True)
+        except RuntimeError as e:  # "decode_jpeg, <source file>:<line>, <what went wrong>"
+            raise OSError(f"JPEG decoding failed: {str(e).rsplit(', ', 1)[-1]}") from None
+
+
+def _pillow_pixels(
+    im: Image.Image,
+    spec: DecodeSpec,
+    orientation: int,
+    stored: tuple[int, int] | None,
+    shrink: float,
+) -> torch.Tensor:
+    """Decode with Pillow (with ``stored`` size: a JPEG at the DCT scale that keeps the box
+    ``shrink`` times the output size at least the output size): uint8 ``(C, H, W)``."""
+    if stored is not None:
+        request = (max(1, math.ceil(stored[0] / shrink)), max(1, math.ceil(stored[1] / shrink)))
+        im.draft("L" if spec.grayscale and im.mode == "RGB" else im.mode, request)
+    im.load()  # raises on truncated data
+    arr = np.asarray(as_displayed(im, spec.grayscale, orientation != 1), dtype=np.uint8)
+    arr = arr[..., None] if arr.ndim == 2 else arr
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def as_displayed(im: Image.Image, grayscale: bool = False, orient: bool = True) -> Image.Image:
+    """A loaded PIL image as RGB (or L with ``grayscale``), as it is displayed: EXIF
+    orientation applied (with ``orient``), any mode converted, transparency on white."""
+    if orient:
+        try:
+            im = ImageOps.exif_transpose(im)
+        except Exception:  # malformed EXIF must not lose the image
+            pass
+    im = _pil_to_8bit(im)
+    if im.mode == "RGBA":
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, im)
+    mode = "L" if grayscale else "RGB"
+    return im if im.mode == mode else im.convert(mode)
+
+
+def resize_center_crop(image: Image.Image, size: int) -> np.ndarray:
+    """The centred square of a PIL image (as displayed: :func:`as_displayed`) resized to
+    ``(size, size, 3)`` uint8 (antialiased bilinear): what a stream decodes without random
+    crop and ``fast=False``."""
+    image = as_displayed(image)
+    arr = np.asarray(image, dtype=np.uint8)
+    arr = arr[..., None] if arr.ndim == 2 else arr
+    pixels = torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    return resize_box(pixels, center_box(image.size[0], image.size[1]), size)
 
 
 def describe_failure(exc: BaseException) -> str:

@@ -112,8 +112,8 @@ class Encoder(nn.Module):
 
     def preprocess(self, images: ImageLike | Sequence[ImageLike]) -> Tensor:
         """Images -> the float ``(N, 3, S, S)`` batch in ``[0, 1]`` that :meth:`forward` takes,
-        with ``S = image_size``: each image's shorter side resized to ``S`` (antialiased
-        bilinear) and the centre cropped — how selfsup decodes evaluation images.
+        with ``S = image_size``: each image's centred square resized to ``S`` (antialiased
+        bilinear), as ``selfsup embed`` and the streaming loaders decode images.
 
         Accepts a PIL image (any mode), a uint8 array ``(H, W)`` / ``(H, W, C)``, a uint8
         tensor ``(C, H, W)``, a batch of arrays ``(N, H, W, C)`` or tensors ``(N, C, H, W)``,
@@ -123,7 +123,7 @@ class Encoder(nn.Module):
             images = [images]
         elif isinstance(images, np.ndarray | Tensor):
             images = list(images)
-        rows = [np.asarray(resize_center_crop(_to_pil(im), self.image_size)) for im in images]
+        rows = [resize_center_crop(_to_pil(im), self.image_size) for im in images]
         if not rows:
             raise ValueError("preprocess: no image given")
         batch = torch.from_numpy(np.stack(rows)).permute(0, 3, 1, 2).float().div_(255.0)
@@ -187,9 +187,9 @@ def _is_batch(images: np.ndarray | Tensor | Image.Image) -> bool:
 
 
 def _to_pil(image: ImageLike) -> Image.Image:
-    """One image (PIL, uint8 ``(H, W[, C])`` array or uint8 ``(C, H, W)`` tensor) as RGB."""
+    """One image (PIL, uint8 ``(H, W[, C])`` array or uint8 ``(C, H, W)`` tensor) as PIL."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB") if image.mode != "RGB" else image
+        return image
     if isinstance(image, Tensor):
         if image.ndim != 3:
             raise ValueError(f"expected a (C, H, W) tensor, got shape {tuple(image.shape)}")
@@ -201,4 +201,4 @@ def _to_pil(image: ImageLike) -> Image.Image:
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
         raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got {arr.shape}")
-    return Image.fromarray(arr).convert("RGB")
+    return Image.fromarray(arr)

@@ -383,10 +383,13 @@ class Trainer:
         found = dist_utils.gather_objects(list(run.source.skipped))
         if run.is_main and listed.exists():
             found.append(read_json(listed))
-        skipped = list(dict.fromkeys(tuple(s) for part in found for s in part))  # type: ignore
+        skipped: dict[str, tuple[str, str]] = {}
+        for part in found:
+            for path, reason in part:  # type: ignore[attr-defined]
+                skipped.setdefault(path, (path, reason))
         if run.is_main:
             if skipped:
-                write_json(listed, skipped)
+                write_json(listed, list(skipped.values()))
             save_weights(run.method.encoder, encoder_path)
             summary = {
                 "steps": run.step,

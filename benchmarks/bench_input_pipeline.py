@@ -15,7 +15,8 @@ processes and batches of ``--batch-size``, and hand the training loop one batch 
 Images/s is images handed out / wall-clock seconds of one full pass (worker start-up
 included), after one untimed pass that puts the files in the page cache. Contenders alternate
 over ``--rounds`` rounds, each pass in a fresh process; the median of each is reported with
-the ratio of medians.
+the ratio of medians. Then the per-image cost of the stages that differ (decoding, resizing the
+crop) is timed in one process (:func:`stage_timings`).
 
 Usage: python benchmarks/bench_input_pipeline.py --images 3000 --rounds 3
 Writes benchmarks/results/input_pipeline.json.
@@ -113,7 +114,60 @@ def run_selfsup(root: Path, batch_size: int, workers: int) -> tuple[int, float]:
     return seen, time.perf_counter() - t0
 
 
+def stage_timings(root: Path, n: int = 200, rounds: int = 3) -> dict[str, float]:
+    """Milliseconds per image of each stage, in one process with one thread, on the same
+    random crop boxes (best of ``rounds``): decoding a JPEG with Pillow and with torchvision's
+    libjpeg-turbo decoder, and resizing the box to 224 px with Pillow and with torch's uint8
+    kernel."""
+    import io
+
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+    from torchvision.io import decode_jpeg
+
+    from selfsup.data.decode import random_crop_box
+
+    torch.set_num_threads(1)
+    files = sorted(root.rglob("*.jpg"))[:n]
+    raw = [p.read_bytes() for p in files]
+    images = [Image.open(io.BytesIO(r)).convert("RGB") for r in raw]
+    rng = np.random.default_rng(0)
+    boxes = [tuple(int(v) for v in random_crop_box(*im.size, rng)) for im in images]
+    pixels = [torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1) for im in images]
+
+    def pillow_decode() -> None:
+        for r in raw:
+            Image.open(io.BytesIO(r)).load()
+
+    def libjpeg_decode() -> None:
+        for r in raw:
+            decode_jpeg(torch.frombuffer(bytearray(r), dtype=torch.uint8))
+
+    def pillow_resize() -> None:
+        for im, (x, y, w, h) in zip(images, boxes, strict=True):
+            im.resize((SIZE, SIZE), Image.Resampling.BILINEAR, box=(x, y, x + w, y + h))
+
+    def torch_resize() -> None:
+        for p, (x, y, w, h) in zip(pixels, boxes, strict=True):
+            crop = p[None, :, y : y + h, x : x + w].contiguous(memory_format=torch.channels_last)
+            F.interpolate(crop, size=(SIZE, SIZE), mode="bilinear", antialias=True)
+
+    out = {}
+    for fn in (pillow_decode, libjpeg_decode, pillow_resize, torch_resize):
+        best = float("inf")
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+        out[f"{fn.__name__}_ms"] = 1e3 * best / len(files)
+    return out
+
+
 def child(args: argparse.Namespace) -> None:
+    if args.child == "stages":
+        print(json.dumps(stage_timings(Path(args.folder))))
+        return
     run = {"torchvision": run_torchvision, "selfsup": run_selfsup}[args.child]
     seen, seconds = run(Path(args.folder), args.batch_size, args.workers)
     print(json.dumps({"images": seen, "seconds": seconds}))
@@ -127,7 +181,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--folder", default="/tmp/selfsup-bench-jpegs")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "input_pipeline.json"))
-    p.add_argument("--child", choices=["torchvision", "selfsup"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["torchvision", "selfsup", "stages"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args)
@@ -138,7 +192,8 @@ def main() -> None:
 
     def measure(name: str) -> dict:
         command = [sys.executable, __file__, "--child", name, "--folder", str(folder),
-                   "--batch-size", str(args.batch_size), "--workers", str(args.workers)]  # fmt: skip
+                   "--batch-size", str(args.batch_size),
+                   "--workers", str(args.workers)]  # fmt: skip
         out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
         result = json.loads(out.stdout.strip().splitlines()[-1])
         result["images_per_second"] = result["images"] / result["seconds"]
@@ -152,6 +207,11 @@ def main() -> None:
         for name in rounds:
             rounds[name].append(measure(name))
     median = {k: statistics.median(r["images_per_second"] for r in v) for k, v in rounds.items()}
+    stages = json.loads(subprocess.run(
+        [sys.executable, __file__, "--child", "stages", "--folder", str(folder)],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout.strip().splitlines()[-1])  # fmt: skip
+    print("per image, one thread: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
     ratios = [s["images_per_second"] / t["images_per_second"]
               for s, t in zip(rounds["selfsup"], rounds["torchvision"], strict=True)]  # fmt: skip
     record = {
@@ -165,13 +225,21 @@ def main() -> None:
         "speedup_of_medians": median["selfsup"] / median["torchvision"],
         "speedup_per_round": ratios,
         "rounds": rounds,
-        "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version(),
-                    "load_average_at_end": os.getloadavg()},  # fmt: skip
+        "stages_ms_per_image": stages,
+        "machine": {
+            "cpu": _cpu(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_at_end": os.getloadavg(),
+        },  # fmt: skip
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
-    print(f"selfsup / torchvision: {record['speedup_of_medians']:.2f}x (per round: "
-          + ", ".join(f"{r:.2f}" for r in ratios) + f"); wrote {args.out}")
+    print(
+        f"selfsup / torchvision: {record['speedup_of_medians']:.2f}x (per round: "
+        + ", ".join(f"{r:.2f}" for r in ratios)
+        + f"); wrote {args.out}"
+    )
 
 
 def _cpu() -> str:

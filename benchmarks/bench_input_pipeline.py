@@ -116,9 +116,10 @@ def run_selfsup(root: Path, batch_size: int, workers: int) -> tuple[int, float]:
 
 def stage_timings(root: Path, n: int = 200, rounds: int = 3) -> dict[str, float]:
     """Milliseconds per image of each stage, in one process with one thread, on the same
-    random crop boxes (best of ``rounds``): decoding a JPEG with Pillow and with torchvision's
-    libjpeg-turbo decoder, and resizing the box to 224 px with Pillow and with torch's uint8
-    kernel."""
+    random crop boxes (best of ``rounds``): decoding a JPEG to a uint8 array with Pillow and to
+    a uint8 tensor with torchvision's libjpeg-turbo decoder, resizing the box to 224 px with
+    Pillow and with torch's uint8 kernel, and selfsup's whole decode-time crop
+    (``decode_crop``) with and without torchvision's decoder."""
     import io
 
     import torch
@@ -136,9 +137,9 @@ def stage_timings(root: Path, n: int = 200, rounds: int = 3) -> dict[str, float]
     boxes = [tuple(int(v) for v in random_crop_box(*im.size, rng)) for im in images]
     pixels = [torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1) for im in images]
 
-    def pillow_decode() -> None:
+    def pillow_decode() -> None:  # to an array, as the torch resize needs
         for r in raw:
-            Image.open(io.BytesIO(r)).load()
+            np.asarray(Image.open(io.BytesIO(r)))
 
     def libjpeg_decode() -> None:
         for r in raw:
@@ -153,8 +154,25 @@ def stage_timings(root: Path, n: int = 200, rounds: int = 3) -> dict[str, float]
             crop = p[None, :, y : y + h, x : x + w].contiguous(memory_format=torch.channels_last)
             F.interpolate(crop, size=(SIZE, SIZE), mode="bilinear", antialias=True)
 
+    from selfsup.data import decode
+
+    spec = decode.DecodeSpec(SIZE, scale=(0.08, 1.0))
+    libjpeg = decode.decode_jpeg
+
+    def selfsup_crop() -> None:
+        for i, r in enumerate(raw):
+            decode.decode_crop(r, spec, np.random.default_rng(i))
+
+    def selfsup_crop_pillow_only() -> None:
+        decode.decode_jpeg = None
+        try:
+            selfsup_crop()
+        finally:
+            decode.decode_jpeg = libjpeg
+
     out = {}
-    for fn in (pillow_decode, libjpeg_decode, pillow_resize, torch_resize):
+    for fn in (pillow_decode, libjpeg_decode, pillow_resize, torch_resize, selfsup_crop,
+               selfsup_crop_pillow_only):  # fmt: skip
         best = float("inf")
         for _ in range(rounds):
             t0 = time.perf_counter()

@@ -143,6 +143,18 @@ def test_stream_source_lists_files_labels_and_classes(tmp_path: Path) -> None:
     assert _stream(tmp_path / "d", grayscale=True).num_channels == 1
 
 
+def test_holdout_and_subset_of_a_streamed_folder(tmp_path: Path) -> None:
+    from selfsup.data import holdout_split, random_subset_indices
+
+    source = _stream(jpeg_folder(tmp_path / "d", 6), size=8)  # 6 cats, 6 dogs
+    train, held = holdout_split(source, 4)
+    assert isinstance(train, FolderStream) and (len(train), len(held)) == (8, 4)
+    assert sorted(held.labels.tolist()) == [0, 0, 1, 1]  # class-balanced
+    assert not set(train.files) & set(held.files)
+    part = train.subset(random_subset_indices(len(train), 5, seed=0))
+    assert len(part) == 5 and set(part.files) <= set(train.files)
+
+
 def test_order_is_the_batch_loaders_and_ranks_cover_the_epoch_once(tmp_path: Path) -> None:
     source = _stream(jpeg_folder(tmp_path / "d", 13), size=8)  # 26 files
     ranks = [FolderStreamLoader(source, 3, seed=4, rank=r, world_size=2, workers=0)

@@ -202,3 +202,19 @@ def test_cli_writes_shards(tmp_path: Path, capsys) -> None:
     assert source.counts == [3, 1] and source.num_classes is None
     assert cli.main(["shards", str(tmp_path / "missing"), "--out", str(out)]) == 1
     assert "image folder not found" in capsys.readouterr().err
+
+
+def test_remote_shards_through_the_webdataset_library(shard_dir: Path) -> None:
+    """``pipe:`` URLs stand for remote shards (http(s), object stores): opened by the webdataset
+    library, counted from the manifest beside them when there is one, else by reading them."""
+    pattern = f"pipe:cat {shard_dir}/train-{{000000..000004}}.tar"
+    remote = _stream(pattern)
+    assert remote.counts == [5, 5, 5, 5, 3] and remote.classes == ["cat", "dog"]
+    local = _stream(shard_dir)
+    a = list(ShardLoader(remote, 4, seed=2, workers=0, shuffle_buffer=3).iterate(0))
+    b = list(ShardLoader(local, 4, seed=2, workers=0, shuffle_buffer=3).iterate(0))
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x.indices, y.indices) and torch.equal(x.images, y.images)
+    (shard_dir / "shards.json").unlink()
+    counted = _stream(pattern)
+    assert counted.counts == [5, 5, 5, 5, 3] and counted.num_classes == 2

@@ -229,20 +229,67 @@ def _read_manifest_file(path: Path) -> dict[str, Any]:
     return data
 
 
+_SHARD_NAME = re.compile(r"[^/\s]+\.(?:tar|tgz|tar\.gz)(?=$|[\s?])")
+
+
+def _shard_name(url: str) -> str | None:
+    """The shard's file name inside a path or URL (``pipe:`` commands included)."""
+    found = _SHARD_NAME.findall(url)
+    return found[-1] if found else None
+
+
+def _manifest_url(url: str) -> str | None:
+    """Where the manifest beside a remote shard is: the URL with the shard's file name
+    replaced by ``shards.json`` (``https://h/d/a-000.tar`` -> ``https://h/d/shards.json``,
+    ``pipe:aws s3 cp s3://b/a-000.tar -`` -> ``pipe:aws s3 cp s3://b/shards.json -``)."""
+    name = _shard_name(url)
+    if name is None:
+        return None
+    head, _, tail = url.rpartition(name)
+    return head + MANIFEST_NAME + tail
+
+
 def _manifest_for(urls: Sequence[str]) -> tuple[dict[str, int], dict[str, Any]] | None:
     """(shard file name -> sample count, manifest) from the ``shards.json`` beside the first
-    local shard, when it lists every shard of ``urls``."""
-    if not urls or not _is_local(urls[0]):
+    shard (a local file, or read through the webdataset library for remote shards), when it
+    lists every shard of ``urls``."""
+    if not urls:
         return None
-    path = _local_path(urls[0]).parent / MANIFEST_NAME
-    if not path.is_file():
-        return None
-    data = _read_manifest_file(path)
+    if _is_local(urls[0]):
+        path = _local_path(urls[0]).parent / MANIFEST_NAME
+        if not path.is_file():
+            return None
+        data = _read_manifest_file(path)
+    else:
+        data = _read_remote_manifest(urls[0])
+        if data is None:
+            return None
     counts = {s["name"]: int(s["samples"]) for s in data["shards"]}
-    names = [_local_path(u).name for u in urls]
-    if not all(_is_local(u) and n in counts for u, n in zip(urls, names, strict=True)):
+    names = [_shard_name(u) for u in urls]
+    if not all(n in counts for n in names):
         return None
     return counts, data
+
+
+def _read_remote_manifest(url: str) -> dict[str, Any] | None:
+    """The manifest beside a remote shard, or None when there is none (or it cannot be read)."""
+    where = _manifest_url(url)
+    if where is None:
+        return None
+    try:
+        stream = _webdataset().gopen(where)
+        try:
+            text = stream.read()
+        finally:
+            stream.close()
+        data = json.loads(text)
+    except MissingExtraError:
+        raise
+    except Exception:  # no manifest there: count the shards instead
+        return None
+    if data.get("format") != MANIFEST_FORMAT or not isinstance(data.get("shards"), list):
+        return None
+    return data
 
 
 # --------------------------------------------------------------------------------------
@@ -330,15 +377,16 @@ def open_shards(spec: str, decode: DecodeSpec) -> ShardStream:
     found = _manifest_for(urls)
     if found is not None:
         counts_by_name, manifest = found
-        counts = [counts_by_name[_local_path(u).name] for u in urls]
+        counts = [counts_by_name[_shard_name(u)] for u in urls]  # type: ignore[index]
         classes = manifest.get("classes")
         labeled = bool(manifest.get("labeled", classes is not None))
         num_classes = (
             (len(classes) if classes else manifest.get("num_classes")) if labeled else None
         )
     else:
-        logger.info("%s: no %s beside the shards; counting %d shard(s)", spec, MANIFEST_NAME,
-                    len(urls))  # fmt: skip
+        log = logger.info if _is_local(urls[0]) else logger.warning
+        log("%s: no %s beside the shards; counting the samples of %d shard(s) by reading them",
+            spec, MANIFEST_NAME, len(urls))  # fmt: skip
         counts, tops = [], []
         for url in urls:
             n, top = count_shard(url)

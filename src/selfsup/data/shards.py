@@ -7,8 +7,9 @@ several patterns joined by ``::``, http(s) and other URLs that the webdataset li
 (``pipe:CMD`` for object stores), a ``shards.json`` manifest, or a folder holding one.
 
 The manifest (written by :func:`write_shards` / ``selfsup shards``) lists every shard's sample
-count and the class names; without one the shards are counted once by reading their tar
-headers (remote shards: by streaming them).
+count and the class names. It is looked for beside the shards (for remote ones: the URL with
+the shard's file name replaced by ``shards.json``); without one the shards are counted once by
+reading their tar headers (remote shards: by streaming them).
 
 **Order, splitting and resume.** Epoch ``e`` concatenates the shards in a seeded random order
 (``(seed, e)``) into one stream of ``T`` samples; ``S = T // G`` global batches of

@@ -218,8 +218,15 @@ def memory_child(args: argparse.Namespace) -> None:
     contenders[args.memory_child]()
     main = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # lightly's DataLoader workers are processes of their own (already exited): the largest
-    print(json.dumps({"peak_rss_mib": main,
-                      "worker_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))  # noqa: E501
+    print(
+        json.dumps(
+            {
+                "peak_rss_mib": main,
+                "worker_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+                / 1024,
+            }
+        )
+    )  # noqa: E501
 
 
 def main() -> None:
@@ -279,8 +286,10 @@ def main() -> None:
             "step_vs_gemm_flop_per_s": step_flops_per_s / gemm_flops_per_s,
         }
         r = results[precision]
-        print(f"{precision}: selfsup/lightly {r['selfsup_vs_lightly']}, selfsup/bare "
-              f"{r['selfsup_vs_bare']:.3f}, step FLOP/s / GEMM {r['step_vs_gemm_flop_per_s']:.3f}")
+        print(
+            f"{precision}: selfsup/lightly {r['selfsup_vs_lightly']}, selfsup/bare "
+            f"{r['selfsup_vs_bare']:.3f}, step FLOP/s / GEMM {r['step_vs_gemm_flop_per_s']:.3f}"
+        )
     auto = "bf16" if cpu["native_bf16"] else "fp32"
     if auto in results and "fp32" in results and not args.skip_lightly:
         lightly_fp32 = max(results["fp32"]["images_per_second_median"][k]
@@ -304,12 +313,16 @@ def main() -> None:
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 rss = json.loads(out.strip().splitlines()[-1])
                 # the main process plus every DataLoader worker (each at most the largest)
-                total = rss["peak_rss_mib"] + (args.workers if name == "lightly" else 0) * rss[
-                    "worker_peak_rss_mib"
-                ]
+                total = (
+                    rss["peak_rss_mib"]
+                    + (args.workers if name == "lightly" else 0) * rss["worker_peak_rss_mib"]
+                )
                 results["peak_rss_mib"][f"{name}_{precision}"] = {**rss, "total_mib": total}
-                print(f"peak RSS {name} {precision}: {total:.0f} MiB (main "
-                      f"{rss['peak_rss_mib']:.0f})", flush=True)
+                print(
+                    f"peak RSS {name} {precision}: {total:.0f} MiB (main "
+                    f"{rss['peak_rss_mib']:.0f})",
+                    flush=True,
+                )
     payload = {
         "benchmark": "SimCLR training throughput, selfsup vs lightly (issue 19)",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

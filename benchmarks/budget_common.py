@@ -26,8 +26,12 @@ def add_budget_args(p: argparse.ArgumentParser, name: str, only_help: str) -> No
     p.add_argument("--results", default=f"benchmarks/results/{name}.json")
     p.add_argument("--only", nargs="*", help=only_help)
     p.add_argument("--threads", type=int, default=None, help="torch threads per process")
-    p.add_argument("--overrides", nargs="*", default=[],
-                   help="key=value for every run (e.g. a tiny smoke budget)")
+    p.add_argument(
+        "--overrides",
+        nargs="*",
+        default=[],
+        help="key=value for every run (e.g. a tiny smoke budget)",
+    )
 
 
 def train(method: str, recipe: str, out_dir: Path, overrides: list[str]) -> dict[str, Any]:
@@ -63,8 +67,11 @@ def write_rows(path: Path, rows: dict[str, dict[str, Any]], budget: dict[str, An
         rows.setdefault(name, row)
     result = {
         "budget": budget,
-        "machine": {"cpu": platform.processor() or platform.machine(),
-                    "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
         "rows": list(rows.values()),
     }
     path.parent.mkdir(parents=True, exist_ok=True)

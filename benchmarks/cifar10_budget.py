@@ -46,9 +46,17 @@ def main() -> None:
     budget = [f"train.epochs={args.epochs}", f"data.subset={args.subset}"]
     simclr = train("simclr", "simclr_cifar10_cpu", out / "simclr", budget)
     supervised = train(
-        "supervised", None, out / "supervised",
-        budget + ["backbone.name=resnet18", "backbone.width=0.25", "train.batch_size=256",
-                  "train.optimizer.base_lr=0.2", "train.schedule.warmup_epochs=0.5"],
+        "supervised",
+        None,
+        out / "supervised",
+        budget
+        + [
+            "backbone.name=resnet18",
+            "backbone.width=0.25",
+            "train.batch_size=256",
+            "train.optimizer.base_lr=0.2",
+            "train.schedule.warmup_epochs=0.5",
+        ],
     )
     t0 = time.perf_counter()
     data = load_eval_data("cifar10")
@@ -58,8 +66,9 @@ def main() -> None:
         ("SimCLR", str(out / "simclr"), simclr),
         ("supervised", str(out / "supervised"), supervised),
     ]:
-        r = evaluate_encoder(spec, data, protocols=("knn", "linear"),
-                             linear_epochs=args.linear_epochs)
+        r = evaluate_encoder(
+            spec, data, protocols=("knn", "linear"), linear_epochs=args.linear_epochs
+        )
         r["name"] = name
         if summary:
             r["train_minutes"] = summary["seconds"] / 60
@@ -67,12 +76,20 @@ def main() -> None:
         rows.append(r)
         print(json.dumps(r))
     result = {
-        "budget": {"backbone": "resnet18 (CIFAR stem), width 0.25", "images": args.subset,
-                   "epochs": args.epochs, "batch": 256, "precision": "auto",
-                   "eval": "kNN (k=200/20, t=0.1) and linear probe (BN, SGD, "
-                           f"{args.linear_epochs} epochs) on all 50k train / 10k test"},
-        "machine": {"cpu": platform.processor() or platform.machine(),
-                    "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "budget": {
+            "backbone": "resnet18 (CIFAR stem), width 0.25",
+            "images": args.subset,
+            "epochs": args.epochs,
+            "batch": 256,
+            "precision": "auto",
+            "eval": "kNN (k=200/20, t=0.1) and linear probe (BN, SGD, "
+            f"{args.linear_epochs} epochs) on all 50k train / 10k test",
+        },
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
         "eval_minutes": (time.perf_counter() - t0) / 60,
         "rows": rows,
     }
@@ -82,8 +99,10 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for r in rows:
         minutes = f"{r['train_minutes']:.1f}" if "train_minutes" in r else "-"
-        print(f"| {r['name']} | {r['knn@200']:.3f} | {r['knn@20']:.3f} | "
-              f"{r['linear_top1']:.3f} | {minutes} |")
+        print(
+            f"| {r['name']} | {r['knn@200']:.3f} | {r['knn@20']:.3f} | "
+            f"{r['linear_top1']:.3f} | {minutes} |"
+        )
 
 
 if __name__ == "__main__":

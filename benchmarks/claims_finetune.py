@@ -104,14 +104,17 @@ def table(rows: dict[str, dict[str, Any]]) -> None:
     print("|---|---|---|---|---|")
     for name in names:
         for fraction in FRACTIONS:
+
             def cell(protocol: str, name: str = name, fraction: float = fraction) -> str:
                 r = rows.get(f"{name}|{fraction}|{protocol}")
                 return "–" if r is None else f"{r['top1']:.3f}"
 
             done = [r for r in rows.values() if r["encoder"] == name and r["fraction"] == fraction]
             n = done[0]["labeled_images"] if done else 0
-            print(f"| {name} | {fraction:.0%} ({n:,}) | {cell('linear')} | {cell('partial')} "
-                  f"| {cell('finetune')} |")
+            print(
+                f"| {name} | {fraction:.0%} ({n:,}) | {cell('linear')} | {cell('partial')} "
+                f"| {cell('finetune')} |"
+            )
     print("\n| encoder | labels | test top-1 after epoch 1, 2, 3, 5, 10, last |")
     print("|---|---|---|")
     for name in names:
@@ -122,8 +125,9 @@ def table(rows: dict[str, dict[str, Any]]) -> None:
             curve = {c["epoch"]: c["test_top1"] for c in r["curve"]}
             last = max(curve)
             picks = [e for e in (1, 2, 3, 5, 10) if e in curve and e < last] + [last]
-            print(f"| {name} | {fraction:.0%} | "
-                  + ", ".join(f"{curve[e]:.3f}" for e in picks) + " |")
+            print(
+                f"| {name} | {fraction:.0%} | " + ", ".join(f"{curve[e]:.3f}" for e in picks) + " |"
+            )
 
 
 if __name__ == "__main__":

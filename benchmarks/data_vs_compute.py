@@ -70,8 +70,14 @@ def main() -> None:
                 print(f"{name}: done already")
                 continue
             r = evaluate_encoder(str(run), data, protocols=("knn",))
-            row = {"name": name, "unlabeled_images": n, "images_seen_target": seen,
-                   "knn@200": r["knn@200"], "knn@20": r["knn@20"], **train_fields(summary)}
+            row = {
+                "name": name,
+                "unlabeled_images": n,
+                "images_seen_target": seen,
+                "knn@200": r["knn@200"],
+                "knn@20": r["knn@20"],
+                **train_fields(summary),
+            }
             rows[name] = row
             print(json.dumps(row), flush=True)
             write_rows(results, rows, budget)
@@ -91,8 +97,10 @@ def plot(rows: dict[str, dict[str, Any]], path: Path, method: str) -> None:
     seen = sorted((r for r in rows.values() if r["unlabeled_images"] == SUBSETS[-1]),
                   key=lambda r: r["images_seen"])  # fmt: skip
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
-    for ax, rs, x, label in ((a, data, "unlabeled_images", "unlabeled images (fixed images seen)"),
-                             (b, seen, "images_seen", "images seen (all 50k unlabeled)")):
+    for ax, rs, x, label in (
+        (a, data, "unlabeled_images", "unlabeled images (fixed images seen)"),
+        (b, seen, "images_seen", "images seen (all 50k unlabeled)"),
+    ):
         for k, style in (("knn@200", "o-"), ("knn@20", "s--")):
             ax.plot([r[x] for r in rs], [r[k] for r in rs], style, label=k)
         ax.set_xscale("log")

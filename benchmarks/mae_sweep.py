@@ -25,7 +25,11 @@ from selfsup.pretraining import pretrain
 from selfsup.utils.io import latest_checkpoint
 
 CELLS = [
-    ("random", 0.25), ("random", 0.5), ("random", 0.75), ("random", 0.9), ("block", 0.75),
+    ("random", 0.25),
+    ("random", 0.5),
+    ("random", 0.75),
+    ("random", 0.9),
+    ("block", 0.75),
 ]
 
 
@@ -46,35 +50,59 @@ def main() -> None:
     rows = []
     for masking, ratio in CELLS:
         run = out / f"{masking}_{ratio}"
-        cfg = load_config("mae", "mae_cifar10_cpu", [
-            f"out_dir={run}", f"data.subset={args.subset}", f"train.epochs={args.epochs}",
-            f"method_args.mask_ratio={ratio}", f"method_args.masking={masking}",
-            "train.progress=false", "train.knn_monitor.every_epochs=0",
-        ])
+        cfg = load_config(
+            "mae",
+            "mae_cifar10_cpu",
+            [
+                f"out_dir={run}",
+                f"data.subset={args.subset}",
+                f"train.epochs={args.epochs}",
+                f"method_args.mask_ratio={ratio}",
+                f"method_args.masking={masking}",
+                "train.progress=false",
+                "train.knn_monitor.every_epochs=0",
+            ],
+        )
         if not (run / "summary.json").exists():
             pretrain(cfg, resume=latest_checkpoint(run) is not None)
         summary = json.loads((run / "summary.json").read_text())
         t0 = time.perf_counter()
-        r = evaluate_encoder(str(run), data, protocols=("knn", "linear"),
-                             linear_epochs=args.linear_epochs)
+        r = evaluate_encoder(
+            str(run), data, protocols=("knn", "linear"), linear_epochs=args.linear_epochs
+        )
         r.update(evaluate_pretext(load_method(run), held_out))
-        r.update(masking=masking, mask_ratio=ratio, train_minutes=summary["seconds"] / 60,
-                 eval_minutes=(time.perf_counter() - t0) / 60)
+        r.update(
+            masking=masking,
+            mask_ratio=ratio,
+            train_minutes=summary["seconds"] / 60,
+            eval_minutes=(time.perf_counter() - t0) / 60,
+        )
         rows.append(r)
         print(json.dumps(r), flush=True)
-    baseline = evaluate_encoder(f"random:{out / 'random_0.75'}", data,
-                                protocols=("knn", "linear"), linear_epochs=args.linear_epochs)
+    baseline = evaluate_encoder(
+        f"random:{out / 'random_0.75'}",
+        data,
+        protocols=("knn", "linear"),
+        linear_epochs=args.linear_epochs,
+    )
     baseline.update(masking="-", mask_ratio=None)
     rows.append(baseline)
     result = {
-        "command": "python benchmarks/mae_sweep.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-            if k not in {"out", "results"}),
-        "budget": {"backbone": "vit_micro (dim 64, depth 2, patch 4)", "subset": args.subset,
-                   "epochs": args.epochs, "batch": 256,
-                   "eval": f"kNN + linear (BN, {args.linear_epochs} epochs) on "
-                           f"{args.eval_train} train / {args.eval_test} test images; PSNR on "
-                           "1000 held-out test images"},
+        "command": "python benchmarks/mae_sweep.py "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in vars(args).items()
+            if k not in {"out", "results"}
+        ),
+        "budget": {
+            "backbone": "vit_micro (dim 64, depth 2, patch 4)",
+            "subset": args.subset,
+            "epochs": args.epochs,
+            "batch": 256,
+            "eval": f"kNN + linear (BN, {args.linear_epochs} epochs) on "
+            f"{args.eval_train} train / {args.eval_test} test images; PSNR on "
+            "1000 held-out test images",
+        },
         "rows": rows,
     }
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
@@ -85,8 +113,10 @@ def main() -> None:
         psnr = f"{r['masked_psnr']:.2f}" if "masked_psnr" in r else "-"
         minutes = f"{r['train_minutes']:.1f}" if "train_minutes" in r else "-"
         name = "random init" if r["mask_ratio"] is None else r["masking"]
-        print(f"| {name} | {r['mask_ratio'] or '-'} | {psnr} | {r['knn@200']:.3f} | "
-              f"{r['knn@20']:.3f} | {r['linear_top1']:.3f} | {minutes} |")
+        print(
+            f"| {name} | {r['mask_ratio'] or '-'} | {psnr} | {r['knn@200']:.3f} | "
+            f"{r['knn@20']:.3f} | {r['linear_top1']:.3f} | {minutes} |"
+        )
 
 
 if __name__ == "__main__":

@@ -185,8 +185,12 @@ def main() -> None:
     p.add_argument("--runs", default="benchmarks/runs/method_quality")
     p.add_argument("--out", default=None, help="results file (default by --split)")
     p.add_argument("--recipe", nargs="*", default=[], help="METHOD=RECIPE replacements")
-    p.add_argument("--overrides", nargs="*", default=[],
-                   help="METHOD:key=value for one method, or key=value for all")
+    p.add_argument(
+        "--overrides",
+        nargs="*",
+        default=[],
+        help="METHOD:key=value for one method, or key=value for all",
+    )
     p.add_argument("--linear-epochs", type=int, default=100)
     p.add_argument("--table", action="store_true", help="print the Markdown table and stop")
     args = p.parse_args()
@@ -222,8 +226,11 @@ def main() -> None:
         row.update(evaluate(run_dir, args.split, args.linear_epochs))
         if args.split == "test":
             key, value = pretext_value(run_dir, method)
-            row.update(pretext_metric=key, pretext_value=value,
-                       effective_rank=last_logged(run_dir, "effective_rank"))
+            row.update(
+                pretext_metric=key,
+                pretext_value=value,
+                effective_rank=last_logged(run_dir, "effective_rank"),
+            )
         row["eval_minutes"] = (time.perf_counter() - t0) / 60
         print(json.dumps(row), flush=True)
         data = read_json(results, {"rows": []})

@@ -40,29 +40,54 @@ from selfsup.evaluate import evaluate_encoder, load_eval_data
 from selfsup.evaluate.pretext import evaluate_pretext
 from selfsup.models import load_method
 
-METHODS = ["simclr", "moco_v2", "moco_v3", "dino", "cpc", "byol", "simsiam", "barlow_twins",
-           "vicreg"]
+METHODS = [
+    "simclr",
+    "moco_v2",
+    "moco_v3",
+    "dino",
+    "cpc",
+    "byol",
+    "simsiam",
+    "barlow_twins",
+    "vicreg",
+]
 # (row label, method, recipe, overrides): the negatives sweep
 NEGATIVES: list[tuple[str, str, str, list[str]]] = [
-    *[(f"simclr_bs{b}", "simclr", "simclr_cifar10_cpu", [f"train.batch_size={b}"])
-      for b in (64, 128, 512)],
-    *[(f"moco_v2_q{k}", "moco_v2", "moco_v2_cifar10_cpu", [f"method_args.queue_size={k}"])
-      for k in (256, 1024, 16384)],
+    *[
+        (f"simclr_bs{b}", "simclr", "simclr_cifar10_cpu", [f"train.batch_size={b}"])
+        for b in (64, 128, 512)
+    ],
+    *[
+        (f"moco_v2_q{k}", "moco_v2", "moco_v2_cifar10_cpu", [f"method_args.queue_size={k}"])
+        for k in (256, 1024, 16384)
+    ],
 ]
 HEADS = [("simclr", "projector"), ("moco_v2", "projector"), ("moco_v3", "projector")]
-PRETEXT_KEYS = {"simclr": "positive_retrieval_top1", "moco_v2": "positive_retrieval_top1",
-                "moco_v3": "positive_retrieval_top1",
-                "dino": "teacher_view_agreement", "cpc": "prediction_accuracy"}
+PRETEXT_KEYS = {
+    "simclr": "positive_retrieval_top1",
+    "moco_v2": "positive_retrieval_top1",
+    "moco_v3": "positive_retrieval_top1",
+    "dino": "teacher_view_agreement",
+    "cpc": "prediction_accuracy",
+}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_budget_args(p, "methods_budget", "row labels to run (method names, negatives labels such "
-                    "as simclr_bs64 or moco_v2_q256, '<method>+projector', 'random')")
+    add_budget_args(
+        p,
+        "methods_budget",
+        "row labels to run (method names, negatives labels such "
+        "as simclr_bs64 or moco_v2_q256, '<method>+projector', 'random')",
+    )
     p.add_argument("--linear-epochs", type=int, default=100)
     p.add_argument("--pretext-images", type=int, default=2000)
-    p.add_argument("--epochs", type=int, default=3,
-                   help="epochs over the 20k subset for every run but CPC (its recipe's 1)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=3,
+        help="epochs over the 20k subset for every run but CPC (its recipe's 1)",
+    )
     p.add_argument("--table", action="store_true", help="only print the tables")
     args = p.parse_args()
     if args.threads:
@@ -72,7 +97,7 @@ def main() -> None:
     if args.table:
         _tables(rows)
         return
-    wanted = (lambda label: not args.only or label in args.only)  # noqa: E731
+    wanted = lambda label: not args.only or label in args.only  # noqa: E731
     threads = [f"train.num_threads={args.threads}"] if args.threads else []
     data = load_eval_data("cifar10")
     held_out = load_source("cifar10", split="test").subset(list(range(args.pretext_images)))
@@ -98,37 +123,59 @@ def main() -> None:
             continue
         t0 = time.perf_counter()
         protocols = ("knn", "linear") if group == "methods" else ("knn",)
-        r = evaluate_encoder(str(out / label), data, protocols=protocols,
-                             linear_epochs=args.linear_epochs)
+        r = evaluate_encoder(
+            str(out / label), data, protocols=protocols, linear_epochs=args.linear_epochs
+        )
         if group == "methods":
             r["pretext"] = evaluate_pretext(load_method(out / label), held_out)
-        r.update(name=label, group=group, method=method, recipe=recipe, overrides=extra,
-                 **train_fields(summary), eval_minutes=(time.perf_counter() - t0) / 60)
+        r.update(
+            name=label,
+            group=group,
+            method=method,
+            recipe=recipe,
+            overrides=extra,
+            **train_fields(summary),
+            eval_minutes=(time.perf_counter() - t0) / 60,
+        )
         save(label, r)
 
     for method, head in HEADS:
         label = f"{method}+{head}"
         if not wanted(label) or label in rows or not (out / method / "summary.json").exists():
             continue
-        r = evaluate_encoder(str(out / method), data, protocols=("knn", "linear"),
-                             linear_epochs=args.linear_epochs, head=head)
+        r = evaluate_encoder(
+            str(out / method),
+            data,
+            protocols=("knn", "linear"),
+            linear_epochs=args.linear_epochs,
+            head=head,
+        )
         save(label, {**r, "name": label, "group": "heads", "method": method})
 
     if wanted("random") and "random" not in rows and (out / "simclr").exists():
-        r = evaluate_encoder(f"random:{out / 'simclr'}", data, protocols=("knn", "linear"),
-                             linear_epochs=args.linear_epochs)
+        r = evaluate_encoder(
+            f"random:{out / 'simclr'}",
+            data,
+            protocols=("knn", "linear"),
+            linear_epochs=args.linear_epochs,
+        )
         save("random", {**r, "name": "random", "group": "baseline"})
     _tables(rows)
 
 
 def _budget(args: argparse.Namespace) -> dict:
-    return {"backbone": "resnet18 (CIFAR stem), width 0.25", "subset": 20000,
-            "recipes": f"<method>_cifar10_cpu for {args.epochs} epochs ({args.epochs * 20}k "
-                       "images seen; CPC its recipe's 1 epoch, 20k)", "batch": 256,
-            "precision": "auto (fp32 here)", "threads_per_run": args.threads,
-            "eval": "kNN (k=200/20, t=0.1) and linear probe (BN, SGD, "
-                    f"{args.linear_epochs} epochs) on all 50k train / 10k test; pretext metrics "
-                    f"on the first {args.pretext_images} test images"}
+    return {
+        "backbone": "resnet18 (CIFAR stem), width 0.25",
+        "subset": 20000,
+        "recipes": f"<method>_cifar10_cpu for {args.epochs} epochs ({args.epochs * 20}k "
+        "images seen; CPC its recipe's 1 epoch, 20k)",
+        "batch": 256,
+        "precision": "auto (fp32 here)",
+        "threads_per_run": args.threads,
+        "eval": "kNN (k=200/20, t=0.1) and linear probe (BN, SGD, "
+        f"{args.linear_epochs} epochs) on all 50k train / 10k test; pretext metrics "
+        f"on the first {args.pretext_images} test images",
+    }
 
 
 def _pretext(r: dict) -> str:
@@ -142,41 +189,58 @@ def _pretext(r: dict) -> str:
 def _tables(rows: dict[str, dict]) -> None:
     """Print the three Markdown tables (methods, negatives, heads)."""
     rnd = rows.get("random")
-    print("\n| encoder | kNN@200 | kNN@20 | linear | vs random (kNN@200 / linear) | pretext metric "
-          "| images seen | train min | train img/s |")
+    print(
+        "\n| encoder | kNN@200 | kNN@20 | linear | vs random (kNN@200 / linear) | pretext metric "
+        "| images seen | train min | train img/s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     if rnd:
-        print(f"| random init | {rnd['knn@200']:.3f} | {rnd['knn@20']:.3f} | "
-              f"{rnd['linear_top1']:.3f} | - | - | - | - | - |")
+        print(
+            f"| random init | {rnd['knn@200']:.3f} | {rnd['knn@20']:.3f} | "
+            f"{rnd['linear_top1']:.3f} | - | - | - | - | - |"
+        )
     for m in METHODS:
         r = rows.get(m)
         if not r:
             continue
         dk = r["knn@200"] - rnd["knn@200"] if rnd else None
         delta = f"{dk:+.3f} / {r['linear_top1'] - rnd['linear_top1']:+.3f}" if rnd else "-"
-        print(f"| {m} | {r['knn@200']:.3f} | {r['knn@20']:.3f} | {r['linear_top1']:.3f} | {delta} "
-              f"| {_pretext(r)} | {r['images_seen']:,} | {r['train_minutes']:.1f} "
-              f"| {r['train_images_per_second']:.0f} |")
+        print(
+            f"| {m} | {r['knn@200']:.3f} | {r['knn@20']:.3f} | {r['linear_top1']:.3f} | {delta} "
+            f"| {_pretext(r)} | {r['images_seen']:,} | {r['train_minutes']:.1f} "
+            f"| {r['train_images_per_second']:.0f} |"
+        )
 
     print("\n| run | negatives per query | kNN@200 | kNN@20 | images seen | train min |")
     print("|---|---|---|---|---|---|")
-    cells = [("simclr_bs64", 2 * 64 - 2), ("simclr_bs128", 2 * 128 - 2),
-             ("simclr", 2 * 256 - 2), ("simclr_bs512", 2 * 512 - 2), ("moco_v2_q256", 256),
-             ("moco_v2_q1024", 1024), ("moco_v2", 4096), ("moco_v2_q16384", 16384)]
+    cells = [
+        ("simclr_bs64", 2 * 64 - 2),
+        ("simclr_bs128", 2 * 128 - 2),
+        ("simclr", 2 * 256 - 2),
+        ("simclr_bs512", 2 * 512 - 2),
+        ("moco_v2_q256", 256),
+        ("moco_v2_q1024", 1024),
+        ("moco_v2", 4096),
+        ("moco_v2_q16384", 16384),
+    ]
     for label, negatives in cells:
         r = rows.get(label)
         if r:
             name = {"simclr": "simclr_bs256", "moco_v2": "moco_v2_q4096"}.get(label, label)
-            print(f"| {name} | {negatives} | {r['knn@200']:.3f} | {r['knn@20']:.3f} "
-                  f"| {r['images_seen']:,} | {r['train_minutes']:.1f} |")
+            print(
+                f"| {name} | {negatives} | {r['knn@200']:.3f} | {r['knn@20']:.3f} "
+                f"| {r['images_seen']:,} | {r['train_minutes']:.1f} |"
+            )
 
     print("\n| run | features | dim | kNN@200 | linear |")
     print("|---|---|---|---|---|")
     for method, head in HEADS:
         for r, what in ((rows.get(method), "encoder"), (rows.get(f"{method}+{head}"), head)):
             if r:
-                print(f"| {method} | {what} | {r['feature_dim']} | {r['knn@200']:.3f} "
-                      f"| {r['linear_top1']:.3f} |")
+                print(
+                    f"| {method} | {what} | {r['feature_dim']} | {r['knn@200']:.3f} "
+                    f"| {r['linear_top1']:.3f} |"
+                )
 
 
 if __name__ == "__main__":

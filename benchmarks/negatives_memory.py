@@ -56,8 +56,14 @@ def measure(method: str, batch: int, queue: int | None) -> dict:
     step(batch)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
     negatives = queue if method == "moco_v2" else 2 * batch - 2
-    return {"method": method, "batch": batch, "queue": queue, "negatives_per_query": negatives,
-            "step_peak_mib": peak - before, "rss_before_mib": before}
+    return {
+        "method": method,
+        "batch": batch,
+        "queue": queue,
+        "negatives_per_query": negatives,
+        "step_peak_mib": peak - before,
+        "rss_before_mib": before,
+    }
 
 
 def main() -> None:
@@ -78,9 +84,18 @@ def main() -> None:
     cells += [("moco_v2", args.moco_batch, k) for k in args.moco_queues]
     rows = []
     for method, batch, queue in cells:
-        proc = subprocess.run([sys.executable, __file__, "--threads", str(args.threads),
-                               "--cell", f"{method}:{batch}:{queue}"],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--threads",
+                str(args.threads),
+                "--cell",
+                f"{method}:{batch}:{queue}",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode:
             print(f"{method} batch {batch} queue {queue}: failed\n{proc.stderr[-2000:]}")
             continue
@@ -93,10 +108,17 @@ def main() -> None:
         ys = torch.tensor([r["step_peak_mib"] for r in simclr])
         b = float(((xs - xs.mean()) * (ys - ys.mean())).sum() / ((xs - xs.mean()) ** 2).sum())
         fit = {"intercept_mib": float(ys.mean() - b * xs.mean()), "mib_per_image": b}
-    out = {"machine": {"cpu": platform.processor() or platform.machine(),
-                       "torch": torch.__version__, "threads": args.threads},
-           "setup": "resnet18 CIFAR stem width 0.25, 32 px, fp32, one SGD step; peak RSS "
-                    "increase over the RSS before the step", "rows": rows, "simclr_fit": fit}
+    out = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "threads": args.threads,
+        },
+        "setup": "resnet18 CIFAR stem width 0.25, 32 px, fp32, one SGD step; peak RSS "
+        "increase over the RSS before the step",
+        "rows": rows,
+        "simclr_fit": fit,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     _table(out)
@@ -104,8 +126,10 @@ def main() -> None:
 
 def _table(out: dict) -> None:
     fit = out["simclr_fit"]
-    print("\n| negatives per query | MoCo v2 (batch 256, queue K) | SimCLR with as many negatives "
-          "(batch K/2 + 1) | ratio |")
+    print(
+        "\n| negatives per query | MoCo v2 (batch 256, queue K) | SimCLR with as many negatives "
+        "(batch K/2 + 1) | ratio |"
+    )
     print("|---|---|---|---|")
     simclr = {r["negatives_per_query"]: r for r in out["rows"] if r["method"] == "simclr"}
     for r in (r for r in out["rows"] if r["method"] == "moco_v2"):
@@ -115,12 +139,16 @@ def _table(out: dict) -> None:
         if near and abs(near["batch"] - batch) <= 1:
             mib, how = near["step_peak_mib"], f"batch {near['batch']}, measured"
         elif fit:
-            mib, how = fit["intercept_mib"] + fit["mib_per_image"] * batch, f"batch {batch}, " \
-                "extrapolated"
+            mib, how = (
+                fit["intercept_mib"] + fit["mib_per_image"] * batch,
+                f"batch {batch}, extrapolated",
+            )
         else:
             continue
-        print(f"| {k} | {r['step_peak_mib']:.0f} MiB | {mib:.0f} MiB ({how}) | "
-              f"{mib / max(r['step_peak_mib'], 1):.1f}x |")
+        print(
+            f"| {k} | {r['step_peak_mib']:.0f} MiB | {mib:.0f} MiB ({how}) | "
+            f"{mib / max(r['step_peak_mib'], 1):.1f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,12 @@ RUNS: list[tuple[str, str, str, list[str]]] = [
     ("inpainting", "inpainting", "inpainting_cifar10_cpu", []),
     ("inpainting_adv", "inpainting", "inpainting_adv_cifar10_cpu", []),
     # a 50x stronger adversarial term with the discriminator at the full learning rate
-    ("inpainting_adv_strong", "inpainting", "inpainting_adv_cifar10_cpu",
-     ["method_args.adversarial_weight=0.05", "method_args.disc_lr_scale=1.0"]),
+    (
+        "inpainting_adv_strong",
+        "inpainting",
+        "inpainting_adv_cifar10_cpu",
+        ["method_args.adversarial_weight=0.05", "method_args.disc_lr_scale=1.0"],
+    ),
 ]
 
 
@@ -49,8 +53,11 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/runs/pretext_budget")
     p.add_argument("--results", default="benchmarks/results/pretext_budget.json")
     p.add_argument("--baseline", default="benchmarks/results/cifar10_budget.json")
-    p.add_argument("--only", nargs="*",
-                   help="row labels to run, 'random' for the random-init rows (default: all)")
+    p.add_argument(
+        "--only",
+        nargs="*",
+        help="row labels to run, 'random' for the random-init rows (default: all)",
+    )
     p.add_argument("--linear-epochs", type=int, default=100)
     p.add_argument("--pretext-images", type=int, default=2000)
     p.add_argument("--overrides", nargs="*", default=[], help="key=value for every run")
@@ -69,24 +76,34 @@ def main() -> None:
             print(f"{label}: evaluated already")
             continue
         t0 = time.perf_counter()
-        r = evaluate_encoder(str(run_dir), data, protocols=("knn", "linear"),
-                             linear_epochs=args.linear_epochs)
+        r = evaluate_encoder(
+            str(run_dir), data, protocols=("knn", "linear"), linear_epochs=args.linear_epochs
+        )
         r["pretext"] = evaluate_pretext(load_method(run_dir), held_out)
-        r.update(name=label, method=method, recipe=recipe, overrides=extra + args.overrides,
-                 **train_fields(summary), eval_minutes=(time.perf_counter() - t0) / 60)
+        r.update(
+            name=label,
+            method=method,
+            recipe=recipe,
+            overrides=extra + args.overrides,
+            **train_fields(summary),
+            eval_minutes=(time.perf_counter() - t0) / 60,
+        )
         rows[label] = r
         print(json.dumps(r))
         _write(results_path, rows, args)
 
     # The RGB random-init row is cifar10_budget.json's (same architecture and protocol).
-    for label, spec in [("random init (L channel)", f"random:{out / 'colorization'}"),
-                        ("random init (Lab, two branches)", f"random:{out / 'split_brain'}")]:
+    for label, spec in [
+        ("random init (L channel)", f"random:{out / 'colorization'}"),
+        ("random init (Lab, two branches)", f"random:{out / 'split_brain'}"),
+    ]:
         if args.only and "random" not in args.only:
             continue
         if label in rows or not Path(spec.removeprefix("random:")).exists():
             continue
-        r = evaluate_encoder(spec, data, protocols=("knn", "linear"),
-                             linear_epochs=args.linear_epochs)
+        r = evaluate_encoder(
+            spec, data, protocols=("knn", "linear"), linear_epochs=args.linear_epochs
+        )
         r["name"] = label
         rows[label] = r
         _write(results_path, rows, args)
@@ -96,12 +113,19 @@ def main() -> None:
 
 
 def _write(path: Path, rows: dict[str, dict], args: argparse.Namespace) -> None:
-    write_rows(path, rows, {
-        "backbone": "resnet18 (CIFAR stem), width 0.25", "subset": 20000,
-        "recipes": "<method>_cifar10_cpu", "precision": "auto (fp32 here)",
-        "eval": "kNN (k=200/20, t=0.1) and linear probe (BN, SGD, "
-                f"{args.linear_epochs} epochs) on all 50k train / 10k test; pretext "
-                f"metrics on the first {args.pretext_images} test images"})
+    write_rows(
+        path,
+        rows,
+        {
+            "backbone": "resnet18 (CIFAR stem), width 0.25",
+            "subset": 20000,
+            "recipes": "<method>_cifar10_cpu",
+            "precision": "auto (fp32 here)",
+            "eval": "kNN (k=200/20, t=0.1) and linear probe (BN, SGD, "
+            f"{args.linear_epochs} epochs) on all 50k train / 10k test; pretext "
+            f"metrics on the first {args.pretext_images} test images",
+        },
+    )
 
 
 PRETEXT_KEYS = {  # the headline pretext metric(s) of each method, in the table
@@ -112,8 +136,10 @@ PRETEXT_KEYS = {  # the headline pretext metric(s) of each method, in the table
     "split_brain": ["ab_l2_error", "l_abs_error"],
     "inpainting": ["masked_psnr", "mean_fill_psnr", "sharpness"],
 }
-RANDOM_FOR = {"colorization": "random init (L channel)",
-              "split_brain": "random init (Lab, two branches)"}
+RANDOM_FOR = {
+    "colorization": "random init (L channel)",
+    "split_brain": "random init (Lab, two branches)",
+}
 
 
 def _pretext_text(method: str, pretext: dict[str, float]) -> str:
@@ -126,8 +152,10 @@ def _table(rows: dict[str, dict], baseline: dict | None) -> None:
     quoted = {r["name"]: r for r in (baseline or {"rows": []})["rows"]}
     randoms = {"random init (RGB)": quoted.get("random init")}
     randoms.update({k: v for k, v in rows.items() if k.startswith("random")})
-    print("\n| encoder | pretext metric (2,000 held-out test images) | kNN@200 | kNN@20 | linear "
-          "| vs random init (kNN@200 / linear) | images seen | train minutes |")
+    print(
+        "\n| encoder | pretext metric (2,000 held-out test images) | kNN@200 | kNN@20 | linear "
+        "| vs random init (kNN@200 / linear) | images seen | train minutes |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     lines = [("random init (RGB)", randoms["random init (RGB)"], None)]
     if "SimCLR" in quoted:
@@ -143,19 +171,27 @@ def _table(rows: dict[str, dict], baseline: dict | None) -> None:
         if r is None:
             continue
         pretext = _pretext_text(r.get("method", ""), r["pretext"]) if r.get("pretext") else "-"
-        seen = f"{r['images_seen']:,}" if r.get("images_seen") else (
-            "100,000" if name == "SimCLR" else "-")
+        seen = (
+            f"{r['images_seen']:,}"
+            if r.get("images_seen")
+            else ("100,000" if name == "SimCLR" else "-")
+        )
         minutes = f"{r['train_minutes']:.1f}" if "train_minutes" in r else "-"
         ref = randoms.get(ref_name) if ref_name else None
         if ref:
             dk, dl = r["knn@200"] - ref["knn@200"], r["linear_top1"] - ref["linear_top1"]
-            verdict = "beats" if dk > 0.01 and dl > 0.01 else (
-                "below" if dk < -0.01 and dl < -0.01 else "mixed/tied")
+            verdict = (
+                "beats"
+                if dk > 0.01 and dl > 0.01
+                else ("below" if dk < -0.01 and dl < -0.01 else "mixed/tied")
+            )
             delta = f"{dk:+.3f} / {dl:+.3f} ({verdict})"
         else:
             delta = "-"
-        print(f"| {name} | {pretext} | {r['knn@200']:.3f} | {r['knn@20']:.3f} | "
-              f"{r['linear_top1']:.3f} | {delta} | {seen} | {minutes} |")
+        print(
+            f"| {name} | {pretext} | {r['knn@200']:.3f} | {r['knn@20']:.3f} | "
+            f"{r['linear_top1']:.3f} | {delta} | {seen} | {minutes} |"
+        )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,16 @@ from selfsup.evaluate.protocols import load_eval_data
 from selfsup.evaluate.suite import SuiteOptions, evaluate_all, write_result
 from selfsup.methods import list_methods
 
-JOINT_EMBEDDING = {"simclr", "moco_v2", "moco_v3", "dino", "byol", "simsiam", "barlow_twins",
-                   "vicreg"}
+JOINT_EMBEDDING = {
+    "simclr",
+    "moco_v2",
+    "moco_v3",
+    "dino",
+    "byol",
+    "simsiam",
+    "barlow_twins",
+    "vicreg",
+}
 JOINT_EPOCHS = 3
 """Epochs over the 20k subset for the joint-embedding family (60k images seen, as in
 ``methods_budget.py``); every other method keeps its recipe's budget."""
@@ -62,8 +70,14 @@ PRETEXT_KEY = {
 IGNORED_KEYS = {"out_dir", ("train", "num_threads"), ("train", "progress")}
 
 
-FAMILY_ORDER = ["contrastive", "self-distillation", "redundancy reduction",
-                "masked reconstruction", "transformation", "baseline"]
+FAMILY_ORDER = [
+    "contrastive",
+    "self-distillation",
+    "redundancy reduction",
+    "masked reconstruction",
+    "transformation",
+    "baseline",
+]
 
 
 def cells() -> list[tuple[str, str, str, list[str]]]:
@@ -128,8 +142,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_budget_args(p, "table", "cells to run (method names, 'random')")
     p.add_argument("--markdown", default="benchmarks/results/table.md")
-    p.add_argument("--reuse", nargs="*", default=["benchmarks/runs/methods_budget"],
-                   help="run directories whose finished runs of the same config are adopted")
+    p.add_argument(
+        "--reuse",
+        nargs="*",
+        default=["benchmarks/runs/methods_budget"],
+        help="run directories whose finished runs of the same config are adopted",
+    )
     p.add_argument("--data", default="cifar10", help="labeled dataset for evaluation")
     p.add_argument("--linear-epochs", type=int, default=100)
     p.add_argument("--robustness-images", type=int, default=2000)
@@ -143,9 +161,10 @@ def main() -> None:
     if args.table:
         _write_table(rows, Path(args.markdown))
         return
-    wanted = (lambda name: not args.only or name in args.only)  # noqa: E731
+    wanted = lambda name: not args.only or name in args.only  # noqa: E731
     todo = [c[0] for c in cells() if wanted(c[0]) and c[0] not in rows] + (
-        ["random"] if wanted("random") and "random" not in rows else [])
+        ["random"] if wanted("random") and "random" not in rows else []
+    )
     if len(todo) > 1:
         # one process per cell: peak memory (the process's maximum RSS) is then the cell's own
         for name in todo:

@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time see __getattr__
     from selfsup.methods import list_methods as list_methods
     from selfsup.models import LoadedEncoder as LoadedEncoder
     from selfsup.models import load_encoder as load_encoder
+    from selfsup.models.pretrained import Encoder as Encoder
     from selfsup.pretraining import pretrain as pretrain
     from selfsup.train import Trainer as Trainer
     from selfsup.train import TrainResult as TrainResult
@@ -66,6 +67,7 @@ _WHERE = {
     "Trainer": "selfsup.train",
     "TrainResult": "selfsup.train",
     # encoders and evaluation
+    "Encoder": "selfsup.models.pretrained",  # selfsup.Encoder.from_pretrained(...)
     "LoadedEncoder": "selfsup.models",
     "load_encoder": "selfsup.models",
     "EvalData": "selfsup.evaluate",

@@ -1,4 +1,5 @@
-"""``selfsup`` command line: train, eval, sweep, methods, export, quickstart, speedrun, config.
+"""``selfsup`` command line: train, eval, sweep, methods, export, embed, shards, quickstart,
+speedrun, config.
 
 Run ``selfsup COMMAND --help`` for each command's options.
 """
@@ -309,6 +310,40 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from selfsup.embed import embed_images
+
+    summary = embed_images(args.source, args.encoder, args.out, batch_size=args.batch_size,
+                           workers=args.workers, device=args.device,
+                           fast=args.fast)  # fmt: skip
+    print(f"embedded {summary.images} images ({summary.feature_dim} features each)")
+    for name, reason in summary.skipped[:10]:
+        print(f"skipped {name}: {reason}")
+    if len(summary.skipped) > 10:
+        print(f"... {len(summary.skipped) - 10} more skipped files")
+    for p in summary.paths:
+        print(f"wrote {p}")
+    return 0
+
+
+def _cmd_shards(args: argparse.Namespace) -> int:
+    from selfsup.data import write_shards
+
+    summary = write_shards(args.folder, args.out, shard_size=args.shard_size, prefix=args.prefix,
+                           shuffle=not args.no_shuffle, seed=args.seed,
+                           verify=not args.no_verify)  # fmt: skip
+    for name, reason in summary.skipped[:10]:
+        print(f"skipped {name}: {reason}")
+    if len(summary.skipped) > 10:
+        print(f"... {len(summary.skipped) - 10} more skipped files")
+    classes = f", {len(summary.classes)} classes" if summary.classes else ", unlabeled"
+    print(f"wrote {summary.samples} images{classes} into {len(summary.shards)} shards in "
+          f"{summary.out} (manifest {summary.manifest.name})")  # fmt: skip
+    first, last = summary.shards[0].name, summary.shards[-1].name
+    print(f"train on them with: data.source={summary.out} (or {summary.out}/{first} .. {last})")
+    return 0
+
+
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from selfsup.quickstart import run_quickstart
 
@@ -487,15 +522,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_methods)
 
     p = sub.add_parser("export", help="export an encoder for downstream use")
-    p.add_argument("encoder", help="run dir, checkpoint dir or encoder .safetensors")
-    p.add_argument("--out", required=True, help="output file (.safetensors or .pt)")
+    p.add_argument(
+        "encoder", help="run dir, checkpoint dir, encoder .safetensors or save_pretrained dir"
+    )
+    p.add_argument(
+        "--out", required=True, help="output file (.safetensors, .onnx) or directory (pretrained)"
+    )
     p.add_argument(
         "--format",
-        choices=["selfsup", "torchvision", "timm"],
+        choices=["selfsup", "torchvision", "timm", "pretrained", "onnx"],
         default="selfsup",
-        help="selfsup: safetensors + json; torchvision/timm: the library's key names",
+        help="selfsup: safetensors + json; torchvision/timm: the library's key names; "
+        "pretrained: a selfsup.Encoder.save_pretrained directory; onnx: a graph taking float "
+        "images (N, 3, H, W) in [0, 1] (needs selfsup[onnx])",
     )
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "embed",
+        help="features of every image in a folder (or WebDataset shards) to .npy or .parquet",
+    )
+    p.add_argument("source", help="image folder (searched recursively) or shard spec")
+    p.add_argument("--encoder", required=True, help="run dir, checkpoint, .safetensors or "
+                   "save_pretrained dir")  # fmt: skip
+    p.add_argument("--out", required=True, help="FILE.npy (+ FILE.txt listing the images) or "
+                   "FILE.parquet (needs pyarrow)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2, help="decoding processes")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--fast", action="store_true", help="decode JPEGs as training streams them "
+                   "(DCT scaling, libjpeg-turbo): faster, not bit-identical to "
+                   "Encoder.preprocess")  # fmt: skip
+    p.set_defaults(func=_cmd_embed)
+
+    p = sub.add_parser("shards", help="write an image folder as WebDataset shards")
+    p.add_argument("folder", help="image folder (class sub-folders give labels)")
+    p.add_argument("--out", required=True, help="directory for the shards and shards.json")
+    p.add_argument("--shard-size", type=int, default=1000, help="images per shard")
+    p.add_argument("--prefix", default="train", help="shard file names: PREFIX-000000.tar ...")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle across shards")
+    p.add_argument("--no-shuffle", action="store_true", help="keep the folder's order")
+    p.add_argument("--no-verify", action="store_true", help="do not decode every file first")
+    p.set_defaults(func=_cmd_shards)
 
     p = sub.add_parser("quickstart", help="a few minutes: SimCLR on CIFAR-10 vs a random encoder")
     p.add_argument("--out-dir", default="runs/quickstart")

@@ -34,7 +34,9 @@ class DataConfig(Section):
     """Where the unlabeled training images come from."""
 
     source: str = "cifar10"
-    """A dataset name (cifar10, digits, ...), an ``.npz`` file or an image folder."""
+    """A dataset name (cifar10, digits, ...), an ``.npz`` file, an image folder, or WebDataset
+    shards (``shards/train-{000000..000099}.tar``, ``::``-joined patterns, URLs, a
+    ``shards.json`` manifest or a folder holding one)."""
     split: str = "train"
     root: str | None = None
     """Root for named datasets; defaults to ``$SELFSUP_DATA`` then ``./data``."""
@@ -53,6 +55,21 @@ class DataConfig(Section):
     """Image folders: stop before training when more than this fraction of the image files
     cannot be used (broken links, unreadable, corrupt); fewer are skipped and listed in
     ``RUN/skipped_files.json``."""
+    mode: Literal["auto", "cache", "stream"] = "auto"
+    """``cache``: decode once to ``image_size`` into a memory-mapped array; ``stream``: read
+    the folder's files (or WebDataset shards) while training, decoding each with a random
+    resized crop to ``image_size`` in DataLoader workers; ``auto``: shards stream, a folder
+    streams when its cache would exceed ``cache_budget_gb``, the rest is cached."""
+    cache_budget_gb: float = Field(default=8.0, gt=0)
+    """``mode: auto`` streams a folder whose decoded cache would be larger than this (GiB)."""
+    workers: int = Field(default=2, ge=0)
+    """Streaming: DataLoader worker processes decoding images (0 = in the training process).
+    A resumed shard run must use the same number (it fixes the order of the shards' lanes)."""
+    shuffle_buffer: int = Field(default=1000, ge=1)
+    """Shards: each worker shuffles its stream in windows of this many samples."""
+    crop_scale: tuple[float, float] = (0.25, 1.0)
+    """Streaming: area range of the random crop taken while decoding (the method's own
+    augmentation crops again from it, on the device)."""
 
 
 class EvalDataConfig(Section):
@@ -84,7 +101,8 @@ class BackboneConfig(Section):
         """Keyword arguments for :func:`selfsup.backbones.build_backbone` of this family."""
         name = self.name
         if name.startswith(("torchvision:", "timm:")):
-            return {"pretrained": True} if self.pretrained else {}
+            adapter: dict[str, Any] = {"in_channels": in_channels}
+            return {**adapter, "pretrained": True} if self.pretrained else adapter
         if name.startswith("resnet"):
             kwargs: dict[str, Any] = {"stem": self.stem, "width": self.width}
         elif name.startswith("vit"):

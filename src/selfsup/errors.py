@@ -19,3 +19,8 @@ class TrainingInterrupted(TrainingError):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.signum = signum
+
+
+class MissingExtraError(SelfsupError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it
+    (e.g. ``pip install "selfsup[onnx]"``)."""

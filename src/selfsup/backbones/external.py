@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from selfsup.backbones.base import Backbone
 
-__all__ = ["TorchvisionBackbone", "TimmBackbone"]
+__all__ = ["TorchvisionBackbone", "TimmBackbone", "adapt_input_conv", "first_conv"]
 
 _TIMM_MISSING = 'timm backbones need the optional dependency timm: pip install "selfsup[timm]"'
 
@@ -78,20 +78,61 @@ def _dummy_feature_dim(model: nn.Module, in_channels: int, size: int = 224) -> i
     return int(out.flatten(1).shape[1])
 
 
+def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    """(name, module) of the first ``Conv2d`` of ``model`` that takes 3 channels: the input
+    convolution of torchvision's classifiers (``conv1``, ``features.0.0``, ``conv_proj``, ...)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and module.in_channels == 3:
+            return name, module
+    raise ValueError(f"{type(model).__name__}: no 3-channel input convolution found")
+
+
+def adapt_input_conv(model: nn.Module, in_channels: int) -> str:
+    """Replace ``model``'s first RGB convolution by one taking ``in_channels`` (same kernel,
+    stride, padding, groups and bias); returns its name, whose state-dict keys are unchanged.
+
+    Existing (e.g. pretrained) weights are carried over as timm does: summed over RGB for one
+    channel, else tiled over the new channels and scaled by ``3 / in_channels``.
+    """
+    name, old = first_conv(model)
+    new = nn.Conv2d(
+        in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,  # type: ignore[arg-type]
+        old.dilation, old.groups, old.bias is not None, old.padding_mode,
+    )  # fmt: skip
+    with torch.no_grad():
+        w = old.weight
+        if in_channels == 1:
+            new.weight.copy_(w.sum(1, keepdim=True))
+        else:
+            reps = -(-in_channels // 3)
+            new.weight.copy_(w.repeat(1, reps, 1, 1)[:, :in_channels] * (3 / in_channels))
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+    return name
+
+
 class TorchvisionBackbone(Backbone):
     """Any ``torchvision.models`` classification constructor, classifier replaced by Identity.
 
     Args:
         name: constructor name, e.g. ``"resnet18"``, ``"vit_b_16"``, ``"convnext_tiny"``.
         pretrained: load torchvision's default weights (needs them cached / downloadable).
+        in_channels: input channels; other than 3, the model's first convolution is replaced
+            by one taking ``in_channels`` (:func:`adapt_input_conv`; same key names, so the
+            exported weights load into a torchvision model given the same replacement).
         **kwargs: passed to the constructor (``weights=`` may be given explicitly).
 
-    The wrapped model is ``self.model``; ``forward``: (N, 3, H, W) -> (N, feature_dim).
+    The wrapped model is ``self.model``; ``forward``: (N, C, H, W) -> (N, feature_dim).
     """
 
     _HEAD_ATTRS = ("fc", "classifier", "heads", "head")
 
-    def __init__(self, name: str, *, pretrained: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, name: str, *, pretrained: bool = False, in_channels: int = 3, **kwargs: Any
+    ) -> None:
         super().__init__()
         import torchvision.models as tvm
 
@@ -107,8 +148,12 @@ class TorchvisionBackbone(Backbone):
             model = tvm.get_model(name, weights=weights, **kwargs)
         except TypeError as e:
             raise TypeError(f"torchvision:{name}: {e}") from e
+        if in_channels < 1:
+            raise ValueError(f"torchvision:{name}: in_channels must be >= 1, got {in_channels}")
+        if in_channels != 3:
+            adapt_input_conv(model, in_channels)
         self.name = name
-        self.in_channels = 3
+        self.in_channels = in_channels
         self.model = model
         self.head_keys: list[str] = []
         self.feature_dim = self._remove_head()
@@ -154,7 +199,7 @@ class TorchvisionBackbone(Backbone):
         raise NotImplementedError(f"forward_features not supported for torchvision:{self.name}")
 
     def forward(self, x: Tensor) -> Tensor:
-        """(N, 3, H, W) -> (N, feature_dim)."""
+        """(N, in_channels, H, W) -> (N, feature_dim)."""
         return self.model(x).flatten(1)
 
     def stages(self) -> list[nn.Module]:

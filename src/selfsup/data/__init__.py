@@ -1,6 +1,10 @@
-"""Image sources, the decode-once cache, and the deterministic DDP-aware batch loader."""
+"""Image sources, the decode-once cache, and the deterministic DDP-aware batch loader; streamed
+folders and WebDataset shards for data sets too large to cache (:mod:`selfsup.data.training_data`
+chooses)."""
 
+from selfsup.data.decode import DecodeSpec
 from selfsup.data.loader import Batch, BatchLoader
+from selfsup.data.shards import ShardLoader, ShardStream, write_shards
 from selfsup.data.sources import (
     CACHE_FORMAT_VERSION,
     DEFAULT_FOLDER_IMAGE_SIZE,
@@ -15,6 +19,8 @@ from selfsup.data.sources import (
     load_source,
     random_subset_indices,
 )
+from selfsup.data.stream import FolderStream, FolderStreamLoader
+from selfsup.data.training_data import make_loader, num_classes_of, open_training_source
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
@@ -23,6 +29,11 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "Batch",
     "BatchLoader",
+    "DecodeSpec",
+    "FolderStream",
+    "FolderStreamLoader",
+    "ShardLoader",
+    "ShardStream",
     "ImageSource",
     "balanced_subset_indices",
     "default_cache_dir",
@@ -30,5 +41,9 @@ __all__ = [
     "holdout_split",
     "list_datasets",
     "load_source",
+    "make_loader",
+    "num_classes_of",
+    "open_training_source",
     "random_subset_indices",
+    "write_shards",
 ]

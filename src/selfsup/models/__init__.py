@@ -7,7 +7,9 @@ Train, evaluate, export, sweep, quickstart and the CLI all come here:
 - :func:`build_method` (a run config -> a fresh method), :func:`method_encoder_meta`;
 - :func:`load_encoder` (a run / checkpoint / file / ``random:SPEC`` -> trained encoder),
   :func:`load_method` (a run directory -> its trained method), :func:`load_encoder_with_head`;
-- :func:`write_pictures` (a method's pictures of some images, as PNG files).
+- :func:`write_pictures` (a method's pictures of some images, as PNG files);
+- :class:`Encoder` (``selfsup.Encoder``): a trained encoder with its preprocessing, loaded with
+  ``from_pretrained`` and written with ``save_pretrained``.
 """
 
 from selfsup.models.encoders import (
@@ -24,8 +26,10 @@ from selfsup.models.methods import (
     method_encoder_meta,
     write_pictures,
 )
+from selfsup.models.pretrained import Encoder
 
 __all__ = [
+    "Encoder",
     "LoadedEncoder",
     "build_encoder",
     "build_method",

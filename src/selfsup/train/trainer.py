@@ -27,12 +27,13 @@ from torch import nn
 from selfsup.config import RunConfig, dump_config
 from selfsup.data import (
     Batch,
-    BatchLoader,
-    ImageSource,
     holdout_split,
-    load_source,
+    make_loader,
+    num_classes_of,
+    open_training_source,
     random_subset_indices,
 )
+from selfsup.data.training_data import TrainingSource
 from selfsup.errors import TrainingError, TrainingInterrupted
 from selfsup.methods import Method, get_method
 from selfsup.models import build_method, method_encoder_meta
@@ -56,6 +57,7 @@ from selfsup.utils import distributed as dist_utils
 from selfsup.utils.io import (
     latest_checkpoint,
     load_checkpoint,
+    read_json,
     save_checkpoint,
     save_weights,
     write_json,
@@ -142,10 +144,13 @@ class TrainStep:
         return loss, metrics, True
 
 
-def load_training_source(cfg: RunConfig) -> ImageSource:
+def load_training_source(cfg: RunConfig) -> TrainingSource:
+    """The run's training images: an in-memory source, or a streamed folder or shard set
+    (``data.mode``; :func:`selfsup.data.open_training_source`)."""
     d = cfg.data
-    source = load_source(
+    source = open_training_source(
         d.source,
+        mode=d.mode,
         split=d.split,
         root=d.root,
         image_size=d.image_size,
@@ -153,6 +158,8 @@ def load_training_source(cfg: RunConfig) -> ImageSource:
         download=d.download,
         grayscale=d.grayscale,
         max_skipped_fraction=d.max_skipped_fraction,
+        cache_budget_gb=d.cache_budget_gb,
+        crop_scale=d.crop_scale,
     )
     if d.holdout is not None:
         source, _ = holdout_split(source, d.holdout)
@@ -422,7 +429,19 @@ class Trainer:
         segments = self.checkpointed_segments
         seconds = sum(s["seconds"] for s in segments)
         rate = run.step * cfg.train.batch_size / max(seconds, 1e-9)
+        # a streamed source finds bad files as it reads them, each process its own (and an
+        # earlier session of a resumed run may have found others)
+        listed = self.run_dir / "skipped_files.json"
+        found = dist_utils.gather_objects(list(run.source.skipped))
+        if run.is_main and listed.exists():
+            found.append(read_json(listed))
+        skipped: dict[str, tuple[str, str]] = {}
+        for part in found:
+            for path, reason in part:  # type: ignore[attr-defined]
+                skipped.setdefault(path, (path, reason))
         if run.is_main:
+            if skipped:
+                write_json(listed, list(skipped.values()))
             save_weights(run.method.encoder, encoder_path)
             summary = {
                 "steps": run.step,
@@ -433,7 +452,7 @@ class Trainer:
                 "images_per_second": rate,
                 "images_seen": run.step * cfg.train.batch_size,
                 "skipped_steps": run.skipped_steps,
-                "skipped_files": len(run.source.skipped),
+                "skipped_files": len(skipped),
                 "method": cfg.method,
                 "backbone": cfg.backbone.name,
                 "images": len(run.source),
@@ -463,7 +482,7 @@ class Trainer:
             self._lock_run_dir()
         torch.manual_seed(cfg.seed)
         source = self._load_data()
-        num_classes = int(source.labels.max()) + 1 if source.labels is not None else None
+        num_classes = num_classes_of(source)
         image_size = cfg.data.image_size or source.image_size
         method = build_method(cfg, image_size, source.num_channels, num_classes)
         method.check_global_batch(tcfg.batch_size)  # before the run directory is made
@@ -473,9 +492,10 @@ class Trainer:
         scaler = torch.amp.GradScaler(
             "cuda", enabled=device.type == "cuda" and amp_dtype == torch.float16
         )
-        self.loader = BatchLoader(source, tcfg.batch_size // world, seed=cfg.seed,
+        self.loader = make_loader(source, tcfg.batch_size // world, seed=cfg.seed,
                                   rank=dist_utils.get_rank(), world_size=world, device=device,
-                                  drop_last=True)  # fmt: skip
+                                  workers=cfg.data.workers,
+                                  shuffle_buffer=cfg.data.shuffle_buffer)  # fmt: skip
         steps_per_epoch = len(self.loader)
         total_steps = math.ceil(tcfg.epochs * steps_per_epoch)
         if tcfg.max_steps is not None:
@@ -539,11 +559,11 @@ class Trainer:
                 "or set out_dir=... to start a new one"
             )
 
-    def _load_data(self) -> ImageSource:
+    def _load_data(self) -> TrainingSource:
         """The training images, checked against the method and the batch size."""
         cfg = self.cfg
         source = load_training_source(cfg)
-        if get_method(cfg.method).uses_labels and source.labels is None:
+        if get_method(cfg.method).uses_labels and num_classes_of(source) is None:
             raise TrainingError(f"method {cfg.method!r} needs labels; {source.name} has none")
         if cfg.train.batch_size > len(source):
             raise TrainingError(
@@ -605,7 +625,7 @@ class Trainer:
 
     def _start_run_dir(
         self,
-        source: ImageSource,
+        source: TrainingSource,
         enc_meta: dict[str, Any],
         start_step: int,
         main: bool,

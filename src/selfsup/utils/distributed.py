@@ -123,6 +123,16 @@ def broadcast_from_main(value: float, device: torch.device | str = "cpu") -> flo
     return float(t.item())
 
 
+def gather_objects(obj: object) -> list[object]:
+    """Every process's ``obj`` (picklable), in rank order, on every process; ``[obj]`` when
+    not distributed."""
+    if not is_distributed() or get_world_size() == 1:
+        return [obj]
+    out: list[object] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 class _AllReduceSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]

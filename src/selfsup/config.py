@@ -34,7 +34,8 @@ class DataConfig(Section):
     """Where the unlabeled training images come from."""
 
     source: str = "cifar10"
-    """A dataset name (cifar10, digits, ...), an ``.npz`` file or an image folder."""
+    """A dataset name (cifar10, digits, ...), an ``.npz`` file, an image folder, or a clip /
+    RGB-D source (``synthetic_video``, ``synthetic_rgbd``, ``video:PATH``, ``rgbd:PATH``)."""
     split: str = "train"
     root: str | None = None
     """Root for named datasets; defaults to ``$SELFSUP_DATA`` then ``./data``."""
@@ -45,6 +46,9 @@ class DataConfig(Section):
     cache_dir: str | None = None
     download: bool = False
     grayscale: bool = False
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Options of the clip and RGB-D sources (``synthetic_video``, ``synthetic_rgbd``,
+    ``video:PATH``; e.g. ``clips``, ``frames``), validated by the source when it loads."""
 
 
 class EvalDataConfig(Section):

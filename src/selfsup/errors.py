@@ -19,3 +19,7 @@ class TrainingInterrupted(TrainingError):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.signum = signum
+
+
+class MissingExtraError(SelfsupError, ImportError):
+    """An optional dependency is missing; the message names the ``pip install`` extra."""

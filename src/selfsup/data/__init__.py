@@ -1,10 +1,13 @@
-"""Image sources, the decode-once cache, and the deterministic DDP-aware batch loader."""
+"""Image sources (also video clips and RGB-D, see :mod:`selfsup.data.video` and
+:mod:`selfsup.data.rgbd`), the decode-once cache, and the deterministic DDP-aware batch loader.
+"""
 
 from selfsup.data.loader import Batch, BatchLoader
 from selfsup.data.sources import (
     CACHE_FORMAT_VERSION,
     DEFAULT_FOLDER_IMAGE_SIZE,
     IMAGE_EXTENSIONS,
+    LAYOUTS,
     ImageSource,
     balanced_subset_indices,
     default_cache_dir,
@@ -18,6 +21,7 @@ __all__ = [
     "CACHE_FORMAT_VERSION",
     "DEFAULT_FOLDER_IMAGE_SIZE",
     "IMAGE_EXTENSIONS",
+    "LAYOUTS",
     "Batch",
     "BatchLoader",
     "ImageSource",

@@ -78,6 +78,10 @@ class Method(nn.Module):
     channel_groups: ClassVar[tuple[int, ...] | None] = None
     """Consecutive input-channel groups encoded by separate sub-backbones (split-brain: (1, 2)),
     or None for one backbone."""
+    data_layout: ClassVar[str] = "image"
+    """What one training item is (:data:`selfsup.data.sources.LAYOUTS`): ``"image"``, ``"clip"``
+    (T stacked RGB frames, ``(N, 3 T, H, W)``) or ``"rgbd"`` (RGB + packed depth, ``(N, 5, H,
+    W)``). The trainer refuses data of another layout before any work."""
 
     @classmethod
     def encoder_channels(cls, data_channels: int) -> int:

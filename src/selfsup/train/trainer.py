@@ -72,6 +72,14 @@ class TrainResult:
     encoder_path: Path
 
 
+LAYOUT_WORDS = {
+    "image": "single images (a dataset name, .npz file or image folder)",
+    "clip": "video clips (data.source=synthetic_video or video:PATH)",
+    "rgbd": "RGB-D images (data.source=synthetic_rgbd or rgbd:PATH)",
+}
+"""How an error names each data layout (:data:`selfsup.data.sources.LAYOUTS`)."""
+
+
 def step_seed(seed: int, step: int) -> int:
     """Seed of the augmentation generator at ``step`` (independent of process count)."""
     return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**63)
@@ -173,6 +181,7 @@ def load_training_source(cfg: RunConfig) -> ImageSource:
         cache_dir=d.cache_dir,
         download=d.download,
         grayscale=d.grayscale,
+        options=d.options or None,
     )
     if d.subset is not None and d.subset < len(source):
         source = source.subset(random_subset_indices(len(source), d.subset, cfg.seed))
@@ -225,6 +234,11 @@ class Trainer:
 
         source = load_training_source(cfg)
         method_cls = get_method(cfg.method)
+        if source.layout != method_cls.data_layout:
+            raise TrainingError(
+                f"method {cfg.method!r} trains on {LAYOUT_WORDS[method_cls.data_layout]}; "
+                f"data.source={cfg.data.source} gives {LAYOUT_WORDS[source.layout]}"
+            )
         if method_cls.uses_labels and source.labels is None:
             raise TrainingError(f"method {cfg.method!r} needs labels; {source.name} has none")
         if tcfg.batch_size > len(source):

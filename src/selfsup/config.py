@@ -47,8 +47,10 @@ class DataConfig(Section):
     download: bool = False
     grayscale: bool = False
     options: dict[str, Any] = Field(default_factory=dict)
-    """Options of the clip and RGB-D sources (``synthetic_video``, ``synthetic_rgbd``,
-    ``video:PATH``; e.g. ``clips``, ``frames``), validated by the source when it loads."""
+    """Options of the clip and RGB-D sources, one section per source kind
+    (``synthetic_video``, ``synthetic_rgbd``, ``video``), e.g.
+    ``data.options.synthetic_video.clips=2000``; the section of the source in use is validated
+    when it loads."""
 
 
 class EvalDataConfig(Section):

@@ -152,14 +152,14 @@ def test_pack_and_unpack_depth() -> None:
 def test_synthetic_rgbd_source(tmp_path: Path) -> None:
     npz = tmp_path / "base.npz"
     np.savez(npz, images=IMAGES)
-    source = load_source(f"synthetic_rgbd:{npz}", image_size=16, options={"scenes": 5})
+    options = {"synthetic_rgbd": {"scenes": 5}}
+    source = load_source(f"synthetic_rgbd:{npz}", image_size=16, options=options)
     assert source.layout == "rgbd" and source.images.shape == (5, 16, 16, 5)
     rgb, depth, valid = unpack_rgbd(source.as_tensor_chw([0, 1, 2]))
     scenes = make_scenes(IMAGES, SyntheticRGBDOptions(scenes=5), size=16)
     assert torch.equal(rgb, scenes.rgb[:3]) and valid.all()
     assert torch.allclose(depth[:, 0], scenes.depth[:3], atol=5e-4)  # millimetre rounding
-    test = load_source(f"synthetic_rgbd:{npz}", split="test", image_size=16,
-                       options={"scenes": 5})  # fmt: skip
+    test = load_source(f"synthetic_rgbd:{npz}", split="test", image_size=16, options=options)
     assert not np.array_equal(test.images, source.images)
 
 

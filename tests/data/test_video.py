@@ -119,7 +119,7 @@ def test_sprites_stay_in_frame() -> None:
 def test_synthetic_video_source(tmp_path: Path) -> None:
     npz = tmp_path / "base.npz"
     np.savez(npz, images=IMAGES)
-    options = {"clips": 10, "frames": 4}
+    options = {"synthetic_video": {"clips": 10, "frames": 4}}
     train = load_source(f"synthetic_video:{npz}", image_size=16, options=options)
     assert train.layout == "clip" and train.images.shape == (10, 16, 16, 12)
     assert train.frames == 4 and train.num_channels == 12
@@ -129,16 +129,20 @@ def test_synthetic_video_source(tmp_path: Path) -> None:
     assert np.array_equal(train.images, again.images)
     # items hold the frames in order: frame t in channels 3t..3t+2
     batch = train.as_tensor_chw([0, 1])
-    clips = make_clips(IMAGES, SyntheticVideoOptions(**options), size=16)
+    clips = make_clips(IMAGES, SyntheticVideoOptions(clips=10, frames=4), size=16)
     assert torch.equal(split_frames(batch), clips.frames[:2])
-    with pytest.raises(ConfigError, match="data.options.clipz: unknown key"):
-        load_source(f"synthetic_video:{npz}", options={"clipz": 3})
-    with pytest.raises(ValueError, match="only apply to"):
-        load_source(str(npz), options={"clips": 3})
+    with pytest.raises(ConfigError, match="data.options.synthetic_video.clipz: unknown key"):
+        load_source(f"synthetic_video:{npz}", options={"synthetic_video": {"clipz": 3}})
+    with pytest.raises(ValueError, match="data.options.synthetic_vidoe: unknown source kind"):
+        load_source(f"synthetic_video:{npz}", options={"synthetic_vidoe": {"clips": 3}})
+    # the sections of other source kinds are ignored: a recipe can switch sources
+    plain = load_source(str(npz), options={"synthetic_video": {"clips": 3}})
+    assert plain.layout == "image" and len(plain) == len(IMAGES)
 
 
 def test_synthetic_video_falls_back_to_procedural_textures(tmp_path: Path) -> None:
-    source = load_source("synthetic_video", root=str(tmp_path), options={"clips": 3, "frames": 2})
+    options = {"synthetic_video": {"clips": 3, "frames": 2}}
+    source = load_source("synthetic_video", root=str(tmp_path), options=options)
     assert source.images.shape == (3, 32, 32, 6)
     assert "procedural" in source.name
 
@@ -163,9 +167,8 @@ def test_video_folder_clips_skip_bad_frames_and_short_videos(tmp_path: Path) -> 
     a = _write_frames(root / "a", 10, bad=(4,))
     _write_frames(root / "short", 2, seed=1)
     (root / "notes.txt").write_text("hello")
-    source = load_source(
-        f"video:{root}", image_size=16, options={"frames": 3, "clip_step": 1}
-    )
+    options = {"video": {"frames": 3, "clip_step": 1}}
+    source = load_source(f"video:{root}", image_size=16, options=options)
     assert source.layout == "clip"
     # clips of 3 consecutive frames of video a that avoid frame 4: starts 0, 1, 5, 6, 7
     assert source.images.shape == (5, 16, 16, 9)
@@ -178,11 +181,11 @@ def test_video_folder_clips_skip_bad_frames_and_short_videos(tmp_path: Path) -> 
     assert "no clip of 3 frames" in reasons["short"]
     assert "neither a folder of frames nor a video file" in reasons["notes.txt"]
     # cached: the same call gives the same clips and list of skipped items
-    again = load_source(f"video:{root}", image_size=16, options={"frames": 3, "clip_step": 1})
+    again = load_source(f"video:{root}", image_size=16, options=options)
     assert np.array_equal(np.asarray(again.images), np.asarray(source.images))
     assert again.skipped == source.skipped
     # frame_step: every second frame; starts 1, 3, 5 avoid frame 4 (0, 2 and 4 hit it)
-    options = {"frames": 3, "frame_step": 2, "clip_step": 1}
+    options = {"video": {"frames": 3, "frame_step": 2, "clip_step": 1}}
     stepped = load_source(f"video:{root}", image_size=16, options=options)
     assert len(stepped) == 3
     frames = split_frames(stepped.as_tensor_chw([1]))[0]

@@ -113,10 +113,7 @@ def load_rgbd_folder(
         _save_json,
         default_cache_dir,
     )
-    from selfsup.errors import ConfigError
-
-    if options:
-        raise ConfigError(f"data.options: rgbd:PATH sources take no options, got {sorted(options)}")
+    del options  # RGB-D folders have no options
     root = Path(path).expanduser()
     rgb_dir, depth_dir = root / "rgb", root / "depth"
     if not rgb_dir.is_dir() or not depth_dir.is_dir():

@@ -839,8 +839,10 @@ def load_source(
         cache_dir: cache location; default ``$SELFSUP_CACHE`` or ``~/.cache/selfsup``.
         download: allow torchvision to download a missing named dataset.
         grayscale: return one luminance channel (``C == 1``).
-        options: source-specific options (``data.options``) of the synthetic, video and
-            RGB-D sources, validated by the source (an unknown key is an error naming it).
+        options: ``data.options``: options of the clip / RGB-D sources by source kind,
+            ``{"synthetic_video": {...}, "synthetic_rgbd": {...}, "video": {...}}``; the section
+            of the source loaded is validated by it (an unknown key is an error naming it),
+            the others are ignored, so a recipe can switch sources.
 
     Returns:
         An :class:`ImageSource` with uint8 images ``(N, H, W, C)``.
@@ -863,11 +865,6 @@ def load_source(
     )
     if special is not None:
         return special
-    if options:
-        raise ValueError(
-            f"{spec}: data.options {sorted(options)} only apply to the synthetic_video, "
-            "synthetic_rgbd, video:PATH and rgbd:PATH sources"
-        )
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     name = spec.strip().lower().replace("-", "_")
     path = Path(spec).expanduser()
@@ -915,6 +912,13 @@ def _special_source(
     options: dict | None,
 ) -> ImageSource | None:
     """The clip / RGB-D sources of :func:`load_source`, or None for an ordinary spec."""
+    unknown = sorted(set(options or {}) - {"synthetic_video", "synthetic_rgbd", "video"})
+    if unknown:
+        raise ValueError(
+            f"data.options.{unknown[0]}: unknown source kind; data.options holds one section "
+            "per source kind: synthetic_video, synthetic_rgbd or video "
+            "(e.g. data.options.synthetic_video.clips=2000)"
+        )
     head, colon, rest = spec.strip().partition(":")
     kind = head.lower().replace("-", "_")
     if kind not in SPECIAL_SOURCES or (not colon and kind in ("video", "rgbd")):
@@ -922,24 +926,27 @@ def _special_source(
     if grayscale:
         raise ValueError(f"{spec}: data.grayscale does not apply to {kind} sources")
     arg = rest.strip() or None
+    section = (options or {}).get(kind)
+    if section is not None and not isinstance(section, dict):
+        raise ValueError(f"data.options.{kind} must be a mapping of options, got {section!r}")
     if kind in ("video", "rgbd") and arg is None:
         raise ValueError(f"{spec}: give a folder, e.g. {kind}:path/to/folder")
     if kind == "synthetic_video":
         from selfsup.data.video import synthetic_video_source
 
         return synthetic_video_source(arg, split=split, root=root, image_size=image_size,
-                                      cache_dir=cache_dir, options=options)  # fmt: skip
+                                      cache_dir=cache_dir, options=section)  # fmt: skip
     if kind == "synthetic_rgbd":
         from selfsup.data.rgbd import synthetic_rgbd_source
 
         return synthetic_rgbd_source(arg, split=split, root=root, image_size=image_size,
-                                     cache_dir=cache_dir, options=options)  # fmt: skip
+                                     cache_dir=cache_dir, options=section)  # fmt: skip
     if kind == "video":
         from selfsup.data.video import load_video_folder
 
         return load_video_folder(arg, image_size=image_size, cache_dir=cache_dir,  # type: ignore[arg-type]
-                                 options=options)  # fmt: skip
+                                 options=section)  # fmt: skip
     from selfsup.data.rgbd import load_rgbd_folder
 
     return load_rgbd_folder(arg, image_size=image_size, cache_dir=cache_dir,  # type: ignore[arg-type]
-                            options=options)  # fmt: skip
+                            options=section)  # fmt: skip

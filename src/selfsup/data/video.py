@@ -72,11 +72,11 @@ def parse_options(model: type[BaseModel], options: dict[str, Any] | None, where:
     try:
         return model.model_validate(options or {})
     except ValidationError as err:
-        lines = [f"invalid data.options for {where}:"]
+        lines = [f"invalid data.options.{where}:"]
         for e in err.errors():
             key = ".".join(str(p) for p in e["loc"])
             msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-            lines.append(f"  data.options.{key}: {msg}")
+            lines.append(f"  data.options.{where}.{key}: {msg}")
         lines.append(f"  (known: {', '.join(model.model_fields)})")
         raise ConfigError("\n".join(lines)) from None
 
@@ -162,7 +162,8 @@ def sample_clip_params(
     """Draw the parameters of ``n`` clips from ``generator`` (CPU), in a fixed order."""
     if opts.min_objects > opts.max_objects:
         raise ConfigError(
-            f"data.options: min_objects={opts.min_objects} > max_objects={opts.max_objects}"
+            f"data.options.synthetic_video: min_objects={opts.min_objects} > "
+            f"max_objects={opts.max_objects}"
         )
     k = opts.max_objects
     g = generator
@@ -460,7 +461,7 @@ def load_video_folder(
         default_cache_dir,
     )
 
-    opts = parse_options(VideoFolderOptions, options, f"video:{path}")
+    opts = parse_options(VideoFolderOptions, options, "video")
     root = Path(path).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"video folder not found: {root}")

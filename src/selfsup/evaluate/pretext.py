@@ -33,6 +33,22 @@ def load_method(run_dir: str | Path, device: str | torch.device = "cpu") -> Meth
     return method.to(device).eval()
 
 
+def random_method(
+    run_dir: str | Path, device: str | torch.device = "cpu", seed: int = 0
+) -> Method:
+    """A run's whole method (same config and architecture) at random initialisation: the
+    baseline of the evaluations that use a method's heads (e.g. label propagation)."""
+    from selfsup.train.trainer import build_method
+
+    run_dir = Path(run_dir)
+    cfg = load_config(None, str(run_dir / "config.yaml"))
+    enc = json.loads((run_dir / "encoder.json").read_text())
+    data_channels = enc.get("data_channels", enc["in_channels"])
+    torch.manual_seed(seed)
+    method = build_method(cfg, enc["image_size"], data_channels, None)
+    return method.to(device).eval()
+
+
 @torch.no_grad()
 def evaluate_pretext(
     method: Method,

@@ -2,6 +2,7 @@
 
 from selfsup.losses.attention_copy import (
     colour_copy_loss,
+    colour_copy_loss_from_logits,
     copy_attention,
     copy_logits,
     copy_values,
@@ -20,6 +21,7 @@ from selfsup.losses.redundancy import (
 
 __all__ = [
     "colour_copy_loss",
+    "colour_copy_loss_from_logits",
     "copy_attention",
     "copy_logits",
     "copy_values",

@@ -23,7 +23,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["colour_copy_loss", "copy_attention", "copy_values", "copy_logits"]
+__all__ = [
+    "colour_copy_loss",
+    "colour_copy_loss_from_logits",
+    "copy_attention",
+    "copy_logits",
+    "copy_values",
+]
 
 
 def copy_logits(target: Tensor, reference: Tensor, temperature: float) -> Tensor:
@@ -79,11 +85,18 @@ def colour_copy_loss(
         ``(loss, copyable, uncopyable_share)``: the 0-d mean loss over copyable locations (0
         when there is none), the (N, Q) bool mask of copyable locations, and a 0-d float.
     """
-    log_attention = torch.log_softmax(copy_logits(target, reference, temperature), dim=-1)
+    logits = copy_logits(target, reference, temperature)
+    return colour_copy_loss_from_logits(logits, reference_labels, target_labels)
+
+
+def colour_copy_loss_from_logits(
+    logits: Tensor, reference_labels: Tensor, target_labels: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`colour_copy_loss` from attention logits (N, Q, R) (:func:`copy_logits`)."""
+    log_attention = torch.log_softmax(logits.float(), dim=-1)
     same = reference_labels[:, None, :] == target_labels[:, :, None]  # (N, Q, R)
     log_p = log_attention.masked_fill(~same, float("-inf")).logsumexp(-1)  # (N, Q)
     copyable = same.any(-1)
     nll = -log_p.masked_fill(~copyable, 0.0)
-    count = copyable.sum()
-    loss = nll.sum() / count.clamp_min(1)
+    loss = nll.sum() / copyable.sum().clamp_min(1)
     return loss, copyable, 1.0 - copyable.float().mean()

@@ -125,7 +125,8 @@ def _eval_dense(args: argparse.Namespace) -> int:
                 temperature=args.prop_temperature, top_k=args.top_k, context=args.context
             )
             r = run_propagation(spec, clips=args.test_subset or 256, data=data, cfg=cfg,
-                                device=args.device, seed=args.seed)  # fmt: skip
+                                tune_clips=args.tune_clips, device=args.device,
+                                seed=args.seed)  # fmt: skip
             rnd = r.get("random_encoder_miou", float("nan"))
             print(
                 f"{spec}: propagation mIoU {r['propagation_miou']:.4f} | identity "
@@ -471,6 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=10, help="propagation: reference locations kept")
     p.add_argument("--context", type=int, default=2,
                    help="propagation: previous frames used besides the first")  # fmt: skip
+    p.add_argument("--tune-clips", type=int, default=0,
+                   help="propagation: pick each embedding's temperature / top-k / normalisation "
+                   "on this many validation clips (0: use the flags above)")  # fmt: skip
     p.add_argument("--probe-epochs", type=int, default=40, help="depth: decoder epochs")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)

@@ -62,14 +62,30 @@ def _soft_labels(masks: Tensor, classes: int, size: tuple[int, int]) -> Tensor:
 
 
 @torch.no_grad()
-def propagate_masks(
-    embed: Embed, light: Tensor, first_mask: Tensor, cfg: PropagationConfig, classes: int
+def clip_embeddings(
+    embed: Embed, frames: Tensor, *, device: str | torch.device = "cpu", batch_size: int = 32
 ) -> Tensor:
-    """Propagate the first frame's labels through clips.
+    """Embeddings (N, T, D, h, w) float32 (on CPU) of uint8 clips (N, T, 3, H, W): each frame's
+    scaled L through ``embed``."""
+    from selfsup.augment.color import rgb_to_input
+
+    out = []
+    for i in range(0, len(frames), batch_size):
+        clip = frames[i : i + batch_size].to(device)
+        light = rgb_to_input(clip.flatten(0, 1).float() / 255, "lab_l")
+        emb = embed(light).float()
+        out.append(emb.view(*clip.shape[:2], *emb.shape[1:]).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def propagate_embeddings(
+    emb: Tensor, first_mask: Tensor, cfg: PropagationConfig, classes: int
+) -> Tensor:
+    """Propagate the first frame's labels through clips, given their embeddings.
 
     Args:
-        embed: scaled L -> embeddings (e.g. :meth:`VideoColorization.embed`, in eval mode).
-        light: (N, T, 1, H, W) scaled L of the clips' frames.
+        emb: (N, T, D, h, w) embeddings of every frame.
         first_mask: (N, H, W) long labels of frame 0 (0 background, 1.. objects).
         cfg: propagation options.
         classes: number of labels C (max label + 1).
@@ -77,24 +93,34 @@ def propagate_masks(
     Returns:
         (N, T, H, W) long predicted labels (frame 0 is ``first_mask``).
     """
-    n, t, _, h_img, w_img = light.shape
-    emb = embed(light.flatten(0, 1)).float()
-    d, h, w = emb.shape[1:]
-    emb = emb.view(n, t, d, h * w).transpose(2, 3)  # (N, T, hw, D)
+    n, t, d, h, w = emb.shape
+    h_img, w_img = first_mask.shape[-2:]
+    flat = emb.reshape(n, t, d, h * w).transpose(2, 3)  # (N, T, hw, D)
     if cfg.normalize:
-        emb = F.normalize(emb, dim=-1)
+        flat = F.normalize(flat, dim=-1)
     soft = [_soft_labels(first_mask, classes, (h, w)).flatten(2).transpose(1, 2)]  # (N, hw, C)
     for frame in range(1, t):
         refs = [0, *range(max(1, frame - cfg.context), frame)]
-        ref_emb = torch.cat([emb[:, r] for r in refs], 1)
+        ref_emb = torch.cat([flat[:, r] for r in refs], 1)
         ref_lab = torch.cat([soft[r] for r in refs], 1)
-        a = copy_attention(emb[:, frame], ref_emb, cfg.temperature, cfg.top_k)
+        a = copy_attention(flat[:, frame], ref_emb, cfg.temperature, cfg.top_k)
         soft.append(copy_values(a, ref_lab))
     probs = torch.stack(soft, 1).transpose(2, 3).reshape(n * t, classes, h, w)
     probs = F.interpolate(probs, size=(h_img, w_img), mode="bilinear", align_corners=False)
     labels = probs.argmax(1).view(n, t, h_img, w_img)
     labels[:, 0] = first_mask
     return labels
+
+
+@torch.no_grad()
+def propagate_masks(
+    embed: Embed, light: Tensor, first_mask: Tensor, cfg: PropagationConfig, classes: int
+) -> Tensor:
+    """:func:`propagate_embeddings` from scaled L frames (N, T, 1, H, W) and an embedding
+    function (e.g. :meth:`VideoColorization.embed` in eval mode)."""
+    n, t = light.shape[:2]
+    emb = embed(light.flatten(0, 1)).float()
+    return propagate_embeddings(emb.view(n, t, *emb.shape[1:]), first_mask, cfg, classes)
 
 
 def identity_masks(first_mask: Tensor, frames: int) -> Tensor:
@@ -134,12 +160,20 @@ def _summary(iou: Tensor, counted: Tensor) -> dict[str, Any]:
     }
 
 
+#: The settings :func:`tune_propagation` chooses from (per embedding, on validation clips).
+TUNING_GRID: tuple[PropagationConfig, ...] = tuple(
+    [PropagationConfig(temperature=t, top_k=k) for t in (0.1, 0.5, 2.0) for k in (5, 20)]
+    + [PropagationConfig(temperature=t, top_k=k, normalize=True) for t in (0.03, 0.1)
+       for k in (5, 20)]
+)  # fmt: skip
+
+
 @torch.no_grad()
 def evaluate_propagation(
     embeds: dict[str, Embed],
     frames: Tensor,
     masks: Tensor,
-    cfg: PropagationConfig | None = None,
+    cfg: PropagationConfig | dict[str, PropagationConfig] | None = None,
     *,
     device: str | torch.device = "cpu",
     pictures: Path | None = None,
@@ -150,37 +184,29 @@ def evaluate_propagation(
         embeds: name -> embedding function (eval mode, on ``device``).
         frames: (N, T, 3, H, W) uint8 clips.
         masks: (N, T, H, W) uint8 true instance labels.
-        cfg: propagation options.
+        cfg: propagation options, one for all or one per embedding name.
         device: where the embeddings run.
         pictures: if given, a PNG per embedding is written here: the first clips' frames with
-            the truth, the identity and every embedding's propagated masks.
+            the truth and the propagated masks.
 
     Returns:
-        ``{"identity": {...}, name: {"miou", "miou_by_frame"}, ..., "clips", "frames",
-        "config", "seconds", "pictures"}``.
+        ``{"identity": {...}, name: {"miou", "miou_by_frame", "config"}, ..., "clips",
+        "frames", "seconds", "pictures"}``.
     """
-    from selfsup.augment.color import rgb_to_input
-
     cfg = cfg or PropagationConfig()
-    device = torch.device(device)
     n, t = frames.shape[:2]
     classes = int(masks.max()) + 1
     truth = masks.long()
-    out: dict[str, Any] = {"clips": n, "frames": t, "config": asdict(cfg)}
+    out: dict[str, Any] = {"clips": n, "frames": t}
     t0 = time.perf_counter()
     out["identity"] = _summary(*mask_iou(identity_masks(truth[:, 0], t), truth))
     predictions: dict[str, Tensor] = {}
     for name, embed in embeds.items():
-        preds = []
-        for i in range(0, n, cfg.batch_size):
-            clip = frames[i : i + cfg.batch_size].to(device)
-            rgb = clip.flatten(0, 1).float() / 255
-            light = rgb_to_input(rgb, "lab_l").view(*clip.shape[:2], 1, *clip.shape[-2:])
-            preds.append(propagate_masks(embed, light, truth[i : i + cfg.batch_size, 0].to(device),
-                                         cfg, classes).cpu())  # fmt: skip
-        pred = torch.cat(preds)
+        c = cfg[name] if isinstance(cfg, dict) else cfg
+        emb = clip_embeddings(embed, frames, device=device, batch_size=c.batch_size)
+        pred = propagate_embeddings(emb, truth[:, 0], c, classes)
         predictions[name] = pred
-        out[name] = _summary(*mask_iou(pred, truth))
+        out[name] = {**_summary(*mask_iou(pred, truth)), "config": asdict(c)}
     out["seconds"] = time.perf_counter() - t0
     if pictures is not None:
         out["pictures"] = {}
@@ -189,6 +215,32 @@ def evaluate_propagation(
             path = pictures / f"propagation_{name}.png"
             _save_propagation_picture(frames[:4], truth[:4], pred[:4], path)
             out["pictures"][name] = str(path)
+    return out
+
+
+@torch.no_grad()
+def tune_propagation(
+    embeds: dict[str, Embed],
+    frames: Tensor,
+    masks: Tensor,
+    grid: tuple[PropagationConfig, ...] = TUNING_GRID,
+    *,
+    device: str | torch.device = "cpu",
+) -> dict[str, tuple[PropagationConfig, list[dict[str, Any]]]]:
+    """For each embedding, the setting of ``grid`` with the best mIoU on (validation) clips,
+    and every setting's score: ``{name: (best config, [{"config", "miou"}, ...])}``. Each
+    embedding gets its own best, so a baseline is not judged at another model's setting."""
+    truth = masks.long()
+    classes = int(truth.max()) + 1
+    out = {}
+    for name, embed in embeds.items():
+        emb = clip_embeddings(embed, frames, device=device)
+        scores = []
+        for c in grid:
+            pred = propagate_embeddings(emb, truth[:, 0], c, classes)
+            scores.append({"config": asdict(c), "miou": _summary(*mask_iou(pred, truth))["miou"]})
+        best = max(range(len(grid)), key=lambda i: scores[i]["miou"])
+        out[name] = (grid[best], scores)
     return out
 
 
@@ -227,10 +279,16 @@ def write_json(path: Path, obj: Any) -> None:
 
 # ----------------------------------------------------------------------------- runs
 def held_out_clips(
-    cfg: Any, *, clips: int, frames: int | None = None, size: int | None = None
+    cfg: Any,
+    *,
+    clips: int,
+    frames: int | None = None,
+    size: int | None = None,
+    split: str = "test",
 ) -> tuple[Tensor, Tensor]:
-    """Held-out synthetic clips with masks like a run's training data: the ``test`` split of
-    its ``synthetic_video`` source (other seed; the image set's test split), ``clips`` of them.
+    """Held-out synthetic clips with masks like a run's training data: the ``test`` (or
+    ``val``) split of its ``synthetic_video`` source (another seed each; the image set's test
+    split), ``clips`` of them.
 
     Returns (frames (N, T, 3, S, S) uint8, masks (N, T, S, S) uint8)."""
     from selfsup.data.textures import base_images
@@ -257,7 +315,7 @@ def held_out_clips(
     images, _ = base_images(rest.strip() or None, split="test", root=cfg.data.root,
                             cache_dir=cfg.data.cache_dir, seed=opts.seed)  # fmt: skip
     out = make_clips(images, opts, size=size or cfg.data.image_size or 32,
-                     seed_offset=SPLIT_SEEDS["test"])  # fmt: skip
+                     seed_offset=SPLIT_SEEDS[split])  # fmt: skip
     return out.frames, out.masks
 
 
@@ -268,6 +326,7 @@ def run_propagation(
     frames: int | None = None,
     data: str | None = None,
     cfg: PropagationConfig | None = None,
+    tune_clips: int = 0,
     baselines: tuple[str, ...] = ("random",),
     device: str | torch.device = "cpu",
     seed: int = 0,
@@ -276,10 +335,13 @@ def run_propagation(
     """Label propagation of a ``video_colorization`` run on held-out clips, beside the identity
     baseline and (``baselines=("random",)``) the same method at random initialisation.
 
-    ``data`` (e.g. ``synthetic_video:IMAGES``) replaces the run's training source. With
-    ``write``, pictures go to ``RUN/pictures/propagation_*.png`` and a row to ``RUN/eval.jsonl``
-    (the report shows both). Returns the :func:`evaluate_propagation` result plus
-    ``propagation_miou``, ``identity_miou`` and ``random_encoder_miou``.
+    With ``tune_clips > 0`` each embedding (trained, random) is propagated with its own best
+    setting of :data:`TUNING_GRID` on that many *validation* clips (another seed than the test
+    clips) instead of ``cfg``. ``data`` (e.g. ``synthetic_video:IMAGES``) replaces the run's
+    training source. With ``write``, pictures go to ``RUN/pictures/propagation_*.png`` and a
+    row to ``RUN/eval.jsonl`` (the report shows both). Returns the
+    :func:`evaluate_propagation` result plus ``propagation_miou``, ``identity_miou``,
+    ``random_encoder_miou`` and, when tuned, ``tuning`` (every setting's validation mIoU).
     """
     from selfsup.config import load_config
     from selfsup.evaluate.pretext import load_method, random_method
@@ -291,14 +353,24 @@ def run_propagation(
     run_cfg = load_config(None, str(run_dir / "config.yaml"))
     if data is not None:
         run_cfg.data.source = data
-    clip_frames, clip_masks = held_out_clips(run_cfg, clips=clips, frames=frames,
-                                             size=method.image_size)  # fmt: skip
     embeds: dict[str, Embed] = {"trained": method.embed}  # type: ignore[dict-item]
     if "random" in baselines:
         embeds["random_encoder"] = random_method(run_dir, device, seed=seed).embed  # type: ignore[assignment]
+    configs: PropagationConfig | dict[str, PropagationConfig] = cfg or PropagationConfig()
+    tuning = None
+    if tune_clips:
+        val_frames, val_masks = held_out_clips(run_cfg, clips=tune_clips, frames=frames,
+                                               size=method.image_size, split="val")  # fmt: skip
+        tuned = tune_propagation(embeds, val_frames, val_masks, device=device)
+        configs = {name: best for name, (best, _) in tuned.items()}
+        tuning = {name: scores for name, (_, scores) in tuned.items()}
+    clip_frames, clip_masks = held_out_clips(run_cfg, clips=clips, frames=frames,
+                                             size=method.image_size)  # fmt: skip
     pictures = run_dir / "pictures" if write else None
-    result = evaluate_propagation(embeds, clip_frames, clip_masks, cfg, device=device,
+    result = evaluate_propagation(embeds, clip_frames, clip_masks, configs, device=device,
                                   pictures=pictures)  # fmt: skip
+    if tuning is not None:
+        result["tuning"] = {"clips": tune_clips, "scores": tuning}
     result["propagation_miou"] = result["trained"]["miou"]
     result["identity_miou"] = result["identity"]["miou"]
     if "random_encoder" in result:

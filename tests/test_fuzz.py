@@ -115,7 +115,13 @@ def _raised_by_selfsup(err: BaseException) -> bool:
 @given(data=st.data())
 def test_random_uint8_batches_give_finite_outputs_or_a_clear_error(name, data):
     torch.set_num_threads(1)
-    built_for = 3 if get_method(name).input_space != "rgb" else data.draw(st.sampled_from([1, 3]))
+    layout = get_method(name).data_layout
+    if layout != "image":  # clips of 4 frames, RGB + packed depth: C is fixed by the layout
+        built_for = {"clip": 12, "rgbd": 5}[layout]  # 3 reference frames + a target
+    elif get_method(name).input_space != "rgb":
+        built_for = 3
+    else:
+        built_for = data.draw(st.sampled_from([1, 3]))
     method = _method(name, built_for)
     n = data.draw(st.integers(1, 6), label="images")
     c = data.draw(st.sampled_from([built_for, built_for, 1, 2, 3, 4]), label="channels")

@@ -49,6 +49,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return _eval_finetune(args)
     if args.protocol == "all":
         return _eval_all(args)
+    if args.protocol in ("propagation", "depth"):
+        return _eval_dense(args)
 
     data = _eval_data(args)
     protocols = ("knn", "linear") if args.protocol == "all" else (args.protocol,)
@@ -109,6 +111,62 @@ def _eval_pretext(args: argparse.Namespace) -> int:
         _append_eval(Path(spec), row)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def _eval_dense(args: argparse.Namespace) -> int:
+    """``eval propagation`` (video_colorization runs) and ``eval depth`` (any encoder of an
+    RGB-D run): on held-out data like the run's own, beside their baselines."""
+    data = None if args.data == "cifar10" else args.data  # default: the run's own source
+    rows = []
+    for spec in args.encoders:
+        if args.protocol == "propagation":
+            from selfsup.evaluate.propagation import PropagationConfig, run_propagation
+
+            cfg = PropagationConfig(
+                temperature=args.prop_temperature, top_k=args.top_k, context=args.context
+            )
+            r = run_propagation(spec, clips=args.test_subset or 256, data=data, cfg=cfg,
+                                tune_clips=args.tune_clips, device=args.device,
+                                seed=args.seed)  # fmt: skip
+            rnd = r.get("random_encoder_miou", float("nan"))
+            print(
+                f"{spec}: propagation mIoU {r['propagation_miou']:.4f} | identity "
+                f"{r['identity_miou']:.4f} | random encoder {rnd:.4f} ({r['clips']} clips)"
+            )
+        else:
+            from selfsup.evaluate.depth_probe import DepthProbeConfig, run_depth_probe
+
+            cfg = DepthProbeConfig(epochs=args.probe_epochs, seed=args.seed)
+            r = run_depth_probe(spec, train_items=args.train_subset or 2000,
+                                test_items=args.test_subset or 500, data=data, cfg=cfg,
+                                device=args.device, seed=args.seed)  # fmt: skip
+            print(f"{spec}: depth RMSE {r['depth_rmse']:.3f} m, delta<1.25 "
+                  f"{r['depth_delta1']:.3f} | random encoder "
+                  f"{r['random_encoder_depth_rmse']:.3f} m | mean depth "
+                  f"{r['mean_depth_depth_rmse']:.3f} m")  # fmt: skip
+        rows.append({"encoder": spec, "protocol": args.protocol, **r})
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_colorize(args: argparse.Namespace) -> int:
+    from selfsup.colorize import colorize_files
+
+    paths = colorize_files(
+        args.encoder,
+        args.reference,
+        args.frames,
+        args.out,
+        size=args.size,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        device=args.device,
+    )
+    for p in paths:
+        print(f"wrote {p}")
     return 0
 
 
@@ -425,10 +483,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate encoders on labeled data")
     p.add_argument(
         "protocol",
-        choices=["knn", "linear", "all", "pretext", "finetune", "low-label"],
+        choices=[
+            "knn",
+            "linear",
+            "all",
+            "pretext",
+            "finetune",
+            "low-label",
+            "propagation",
+            "depth",
+        ],  # fmt: skip
         help="pretext: the method's own task metric on held-out images (run dirs); finetune: "
         "the encoder + a new head trained end to end (--freeze-stages for partial); low-label: "
-        "linear / fine-tune / from scratch on class-balanced label fractions over seeds",
+        "linear / fine-tune / from scratch on class-balanced label fractions over seeds; "
+        "propagation: first-frame masks propagated through held-out synthetic clips (mIoU, "
+        "video_colorization runs) beside identity and a random-init method; depth: a depth "
+        "decoder on the frozen encoder (RMSE, delta<1.25) beside a random-init encoder and the "
+        "mean depth. For these two --data defaults to the run's own source, --test-subset is "
+        "the held-out clips/scenes and --train-subset the probe's training scenes",
     )
     p.add_argument(
         "encoders",
@@ -480,10 +552,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate the outputs of this method head after the encoder (run dirs), e.g. "
         "projector: the representation after SimCLR's or MoCo's projection head",
     )
+    p.add_argument("--prop-temperature", type=float, default=0.5,
+                   help="propagation: attention temperature")  # fmt: skip
+    p.add_argument("--top-k", type=int, default=10, help="propagation: reference locations kept")
+    p.add_argument("--context", type=int, default=2,
+                   help="propagation: previous frames used besides the first")  # fmt: skip
+    p.add_argument("--tune-clips", type=int, default=0,
+                   help="propagation: pick each embedding's temperature / top-k / normalisation "
+                   "on this many validation clips (0: use the flags above)")  # fmt: skip
+    p.add_argument("--probe-epochs", type=int, default=40, help="depth: decoder epochs")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the results as JSON here")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser(
+        "colorize",
+        help="colourise grey frames from one coloured reference frame (video_colorization run)",
+        description="Copy the reference frame's colours into each frame by attention over "
+        "embeddings of their grey channels; writes DIR/<frame>_colorized.png and "
+        "DIR/side_by_side.png (reference | grey | colourised, one row per frame).",
+    )
+    p.add_argument("--encoder", required=True,
+                   help="a video_colorization run dir (or any grey-input encoder)")  # fmt: skip
+    p.add_argument("--reference", required=True, help="the coloured reference frame")
+    p.add_argument("frames", nargs="+", help="frames to colourise (only their L is used)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--size", type=int, help="shorter side frames are processed at "
+                   "(default: the run's training image size)")  # fmt: skip
+    p.add_argument("--temperature", type=float,
+                   help="copy temperature (default: the run's copy_temperature)")  # fmt: skip
+    p.add_argument("--top-k", type=int, help="copy from the k most similar locations only")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_colorize)
 
     p = sub.add_parser(
         "sweep",

@@ -34,9 +34,10 @@ class DataConfig(Section):
     """Where the unlabeled training images come from."""
 
     source: str = "cifar10"
-    """A dataset name (cifar10, digits, ...), an ``.npz`` file, an image folder, or WebDataset
+    """A dataset name (cifar10, digits, ...), an ``.npz`` file, an image folder, WebDataset
     shards (``shards/train-{000000..000099}.tar``, ``::``-joined patterns, URLs, a
-    ``shards.json`` manifest or a folder holding one)."""
+    ``shards.json`` manifest or a folder holding one), or a clip / RGB-D source
+    (``synthetic_video``, ``synthetic_rgbd``, ``video:PATH``, ``rgbd:PATH``)."""
     split: str = "train"
     root: str | None = None
     """Root for named datasets; defaults to ``$SELFSUP_DATA`` then ``./data``."""
@@ -70,6 +71,11 @@ class DataConfig(Section):
     crop_scale: tuple[float, float] = (0.25, 1.0)
     """Streaming: area range of the random crop taken while decoding (the method's own
     augmentation crops again from it, on the device)."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Options of the clip and RGB-D sources, one section per source kind
+    (``synthetic_video``, ``synthetic_rgbd``, ``video``), e.g.
+    ``data.options.synthetic_video.clips=2000``; the section of the source in use is validated
+    when it loads."""
 
 
 class EvalDataConfig(Section):

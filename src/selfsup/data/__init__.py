@@ -1,6 +1,7 @@
-"""Image sources, the decode-once cache, and the deterministic DDP-aware batch loader; streamed
-folders and WebDataset shards for data sets too large to cache (:mod:`selfsup.data.training_data`
-chooses)."""
+"""Image sources (also video clips and RGB-D, see :mod:`selfsup.data.video` and
+:mod:`selfsup.data.rgbd`), the decode-once cache, and the deterministic DDP-aware batch loader;
+streamed folders and WebDataset shards for data sets too large to cache
+(:mod:`selfsup.data.training_data` chooses)."""
 
 from selfsup.data.decode import DecodeSpec
 from selfsup.data.loader import Batch, BatchLoader
@@ -10,6 +11,7 @@ from selfsup.data.sources import (
     DEFAULT_FOLDER_IMAGE_SIZE,
     HOLDOUT_SEED,
     IMAGE_EXTENSIONS,
+    LAYOUTS,
     ImageSource,
     balanced_subset_indices,
     default_cache_dir,
@@ -27,6 +29,7 @@ __all__ = [
     "DEFAULT_FOLDER_IMAGE_SIZE",
     "HOLDOUT_SEED",
     "IMAGE_EXTENSIONS",
+    "LAYOUTS",
     "Batch",
     "BatchLoader",
     "DecodeSpec",
@@ -47,3 +50,7 @@ __all__ = [
     "random_subset_indices",
     "write_shards",
 ]
+
+# the clip and RGB-D source kinds register themselves with load_source
+from selfsup.data import rgbd as _rgbd  # noqa: E402, F401
+from selfsup.data import video as _video  # noqa: E402, F401

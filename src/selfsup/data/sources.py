@@ -2,6 +2,11 @@
 
 Every source ends up as an :class:`ImageSource` holding a uint8 array of shape
 ``(N, H, W, C)`` with ``H == W`` (for folders and resized sources) and ``C`` in ``{1, 3}``.
+Two other *layouts* stack more than one picture per item in the channels, so the loader and
+the trainer feed them unchanged: ``"clip"`` (``C = 3 T``: T RGB frames, frame ``t`` in channels
+``3t .. 3t + 2``; :mod:`selfsup.data.video`) and ``"rgbd"`` (``C = 5``: RGB, then the metric
+depth in millimetres as a 16-bit number split into a high and a low byte, 0 = unknown;
+:mod:`selfsup.data.rgbd`).
 Image folders are decoded once with PIL into a ``.npy`` cache that later runs open with
 ``np.load(mmap_mode="r")``; the cache key covers the file list (relative paths, sizes and
 mtimes), the image size, the colour mode and a format version, so any change rebuilds it, but
@@ -64,6 +69,9 @@ IMAGE_EXTENSIONS = (
     *((".avif",) if features.check("avif") else ()),
 )
 
+#: What the channels of an :class:`ImageSource` hold (module docstring).
+LAYOUTS = ("image", "clip", "rgbd")
+
 _TORCHVISION_DATASETS = ("cifar10", "cifar100", "stl10", "svhn", "mnist", "fashion_mnist")
 _DATASET_NAMES = (*_TORCHVISION_DATASETS, "digits")
 _PROGRESS_MIN_FILES = 256
@@ -87,6 +95,8 @@ class ImageSource:
         classes: class names indexed by label, or ``None``.
         name: human-readable name (used in logs).
         skipped: ``(path, reason)`` for every file that could not be read.
+        layout: what the channels hold (module docstring): ``"image"`` (C in {1, 3}),
+            ``"clip"`` (C = 3 T frames) or ``"rgbd"`` (C = 5).
     """
 
     images: np.ndarray
@@ -94,13 +104,24 @@ class ImageSource:
     classes: list[str] | None = None
     name: str = "images"
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    layout: str = "image"
 
     def __post_init__(self) -> None:
         if not isinstance(self.images, np.ndarray):
             raise TypeError(f"images must be a numpy array, got {type(self.images).__name__}")
-        if self.images.ndim != 4 or self.images.shape[-1] not in (1, 3):
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {self.layout!r}; expected one of {LAYOUTS}")
+        channels = self.images.shape[-1] if self.images.ndim == 4 else None
+        ok = {
+            "image": channels in (1, 3),
+            "clip": channels is not None and channels >= 3 and channels % 3 == 0,
+            "rgbd": channels == 5,
+        }[self.layout]
+        if self.images.ndim != 4 or not ok:
+            want = {"image": "C in {1, 3}", "clip": "C = 3 x frames", "rgbd": "C = 5"}
             raise ValueError(
-                f"images must have shape (N, H, W, C) with C in {{1, 3}}, got {self.images.shape}"
+                f"{self.layout} sources must have shape (N, H, W, C) with {want[self.layout]}, "
+                f"got {self.images.shape}"
             )
         if self.images.dtype != np.uint8:
             raise ValueError(f"images must be uint8, got {self.images.dtype}")
@@ -123,8 +144,13 @@ class ImageSource:
 
     @property
     def num_channels(self) -> int:
-        """Number of channels ``C`` (1 or 3)."""
+        """Number of channels ``C`` (1 or 3 for images; 3 T for clips; 5 for RGB-D)."""
         return int(self.images.shape[3])
+
+    @property
+    def frames(self) -> int:
+        """Frames per item: ``C // 3`` for clips, 1 otherwise."""
+        return self.num_channels // 3 if self.layout == "clip" else 1
 
     def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> ImageSource:
         """Return a new in-memory source with the rows ``indices`` (in that order)."""
@@ -135,11 +161,13 @@ class ImageSource:
             classes=None if self.classes is None else list(self.classes),
             name=self.name,
             skipped=list(self.skipped),
+            layout=self.layout,
         )
 
     def to_rgb(self) -> ImageSource:
-        """Return a 3-channel version (1-channel images are replicated; in memory)."""
-        if self.num_channels == 3:
+        """Return a 3-channel version (1-channel images are replicated; in memory). Clip and
+        RGB-D sources are returned unchanged."""
+        if self.num_channels == 3 or self.layout != "image":
             return self
         return ImageSource(
             images=np.repeat(np.asarray(self.images), 3, axis=3),
@@ -998,6 +1026,7 @@ def load_source(
     download: bool = False,
     grayscale: bool = False,
     max_skipped_fraction: float | None = None,
+    options: dict | None = None,
 ) -> ImageSource:
     """Load images described by ``spec`` into an :class:`ImageSource`.
 
@@ -1016,6 +1045,13 @@ def load_source(
               torchvision files under ``<root>/<name>`` (converted once to an npz in the
               cache dir). A bare name always means the dataset; write ``./cifar10`` to load
               a local folder of that name.
+            * ``synthetic_video`` / ``synthetic_video:IMAGES``: synthetic clips made from an
+              image set (``clip`` layout; :mod:`selfsup.data.video`);
+              ``synthetic_rgbd`` / ``synthetic_rgbd:IMAGES``: procedurally rendered RGB-D
+              scenes (``rgbd`` layout; :mod:`selfsup.data.rgbd`); ``IMAGES`` is any spec
+              above, by default CIFAR-10 under the data root.
+            * ``video:PATH``: a folder of videos (sub-folders of frames, or video files) cut
+              into clips; ``rgbd:PATH``: an NYU-style ``rgb/`` + ``depth/`` folder.
         split: dataset split for named datasets (``train``/``test``; STL10 also
             ``unlabeled``/``train+unlabeled``; SVHN also ``extra``). Ignored for paths.
         root: data root for named datasets; default ``$SELFSUP_DATA`` or ``./data``.
@@ -1027,6 +1063,10 @@ def load_source(
         max_skipped_fraction: folders only: raise ``ValueError`` when more than this fraction
             of the image files cannot be used (broken links, vanished, unreadable, corrupt,
             not images); None accepts any number (they are listed in ``skipped``).
+        options: ``data.options``: options of the clip / RGB-D sources by source kind,
+            ``{"synthetic_video": {...}, "synthetic_rgbd": {...}, "video": {...}}``; the section
+            of the source loaded is validated by it (an unknown key is an error naming it),
+            the others are ignored, so a recipe can switch sources.
 
     Returns:
         An :class:`ImageSource` with uint8 images ``(N, H, W, C)``.
@@ -1039,6 +1079,17 @@ def load_source(
     """
     if image_size is not None and image_size <= 0:
         raise ValueError(f"image_size must be positive, got {image_size}")
+    special = _special_source(
+        spec,
+        split=split,
+        root=root,
+        image_size=image_size,
+        cache_dir=cache_dir,
+        grayscale=grayscale,
+        options=options,
+    )
+    if special is not None:
+        return special
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     name = spec.strip().lower().replace("-", "_")
     path = Path(spec).expanduser()
@@ -1070,3 +1121,56 @@ def load_source(
             path, name=path.stem, image_size=image_size, grayscale=grayscale, cache_dir=cache
         )
     raise ValueError(f"unsupported image source {path}: expected an .npz file or a folder")
+
+
+#: Sources whose items are not single images (see :func:`load_source`).
+SPECIAL_SOURCES = ("synthetic_video", "synthetic_rgbd", "video", "rgbd")
+
+
+def _special_source(
+    spec: str,
+    *,
+    split: str,
+    root: str | None,
+    image_size: int | None,
+    cache_dir: str | None,
+    grayscale: bool,
+    options: dict | None,
+) -> ImageSource | None:
+    """The clip / RGB-D sources of :func:`load_source`, or None for an ordinary spec."""
+    unknown = sorted(set(options or {}) - {"synthetic_video", "synthetic_rgbd", "video"})
+    if unknown:
+        raise ValueError(
+            f"data.options.{unknown[0]}: unknown source kind; data.options holds one section "
+            "per source kind: synthetic_video, synthetic_rgbd or video "
+            "(e.g. data.options.synthetic_video.clips=2000)"
+        )
+    head, colon, rest = spec.strip().partition(":")
+    kind = head.lower().replace("-", "_")
+    if kind not in SPECIAL_SOURCES or (not colon and kind in ("video", "rgbd")):
+        return None
+    if grayscale:
+        raise ValueError(f"{spec}: data.grayscale does not apply to {kind} sources")
+    arg = rest.strip() or None
+    section = (options or {}).get(kind)
+    if section is not None and not isinstance(section, dict):
+        raise ValueError(f"data.options.{kind} must be a mapping of options, got {section!r}")
+    if kind in ("video", "rgbd") and arg is None:
+        raise ValueError(f"{spec}: give a folder, e.g. {kind}:path/to/folder")
+    return SOURCE_KINDS[kind](
+        arg, split=split, root=root, image_size=image_size, cache_dir=cache_dir, options=section
+    )
+
+
+#: The loaders of the clip / RGB-D source kinds, registered by :mod:`selfsup.data.video` and
+#: :mod:`selfsup.data.rgbd` (imported by :mod:`selfsup.data`), so that this module, which they
+#: build on, does not import them. Each takes ``(arg, *, split, root, image_size, cache_dir,
+#: options)``: ``arg`` is the text after ``kind:`` (None when absent).
+SOURCE_KINDS: dict[str, Callable[..., ImageSource]] = {}
+
+
+def register_source_kind(kind: str, loader: Callable[..., ImageSource]) -> None:
+    """Make ``data.source=KIND[:ARG]`` load with ``loader`` (see :data:`SOURCE_KINDS`)."""
+    if kind not in SPECIAL_SOURCES:
+        raise ValueError(f"unknown source kind {kind!r}; expected one of {SPECIAL_SOURCES}")
+    SOURCE_KINDS[kind] = loader

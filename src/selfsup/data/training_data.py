@@ -74,6 +74,7 @@ def open_training_source(
     cache_budget_gb: float = DEFAULT_CACHE_BUDGET_GB,
     crop_scale: tuple[float, float] = (0.25, 1.0),
     max_skipped_fraction: float | None = None,
+    options: dict | None = None,
 ) -> TrainingSource:
     """The training images of ``spec`` read the ``mode`` way (module docstring).
 
@@ -133,6 +134,7 @@ def open_training_source(
         download=download,
         grayscale=grayscale,
         max_skipped_fraction=max_skipped_fraction,
+        options=options,
     )
 
 

@@ -7,7 +7,7 @@ import torch
 
 from selfsup.data import ImageSource
 from selfsup.methods import Method
-from selfsup.models import load_method  # noqa: F401  (deprecated alias)
+from selfsup.models import load_method, random_method  # noqa: F401  (re-exported)
 
 
 @torch.no_grad()

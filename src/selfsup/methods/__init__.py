@@ -15,12 +15,14 @@ from selfsup.methods.jigsaw import Jigsaw
 from selfsup.methods.mae import MAE
 from selfsup.methods.moco import MoCoV2, MoCoV3
 from selfsup.methods.relative_location import RelativeLocation
+from selfsup.methods.rgbd_crossmodal import RGBDCrossModal
 from selfsup.methods.rotation import Rotation
 from selfsup.methods.simclr import SimCLR
 from selfsup.methods.simsiam import SimSiam
 from selfsup.methods.split_brain import SplitBrain
 from selfsup.methods.supervised import Supervised
 from selfsup.methods.vicreg import VICReg
+from selfsup.methods.video_colorization import VideoColorization
 
 _METHODS: dict[str, type[Method]] = {}
 
@@ -51,6 +53,8 @@ for _cls in (
     DINO,
     MoCoV2,
     MoCoV3,
+    VideoColorization,
+    RGBDCrossModal,
 ):
     register_method(_cls)
 
@@ -85,6 +89,7 @@ __all__ = [
     "MethodConfig",
     "MoCoV2",
     "MoCoV3",
+    "RGBDCrossModal",
     "RelativeLocation",
     "Rotation",
     "SimCLR",
@@ -92,6 +97,7 @@ __all__ = [
     "SplitBrain",
     "Supervised",
     "VICReg",
+    "VideoColorization",
     "get_method",
     "list_methods",
     "normalization",

@@ -51,7 +51,8 @@ def check_training_batch(method: Method, args: tuple[Any, ...], kwargs: dict[str
     """Refuse a batch :meth:`Method.forward` cannot take with a ``ValueError`` that says what is
     wrong, before it fails deep inside a network: it must be a uint8 tensor (N, C, H, W) with
     at least 2 images (batch statistics, negatives) and, for RGB-space encoders, the encoder's
-    channel count. Any H, W >= 1 is fine: the views are cropped and resized. Runs as a forward
+    channel count (single-image layouts). Any H, W >= 1 is fine: the views are cropped and
+    resized. Runs as a forward
     pre-hook of every method."""
     images = args[0] if args else kwargs.get("images")
     where = f"{method.name or type(method).__name__}: a training batch"
@@ -62,7 +63,13 @@ def check_training_batch(method: Method, args: tuple[Any, ...], kwargs: dict[str
     if images.shape[0] < 2:
         raise ValueError(f"{where} needs at least 2 images; got {tuple(images.shape)}")
     expected = getattr(method.encoder, "in_channels", None)
-    if method.input_space == "rgb" and expected is not None and images.shape[1] != expected:
+    single = method.data_layout == "image"  # clips and RGB-D items stack pictures in C
+    if (
+        single
+        and method.input_space == "rgb"
+        and expected is not None
+        and images.shape[1] != expected
+    ):
         raise ValueError(
             f"{where} must have the {expected} channel(s) the encoder was built for (the "
             f"training data's); got {tuple(images.shape)}"
@@ -103,6 +110,10 @@ class Method(nn.Module):
     channel_groups: ClassVar[tuple[int, ...] | None] = None
     """Consecutive input-channel groups encoded by separate sub-backbones (split-brain: (1, 2)),
     or None for one backbone."""
+    data_layout: ClassVar[str] = "image"
+    """What one training item is (:data:`selfsup.data.sources.LAYOUTS`): ``"image"``, ``"clip"``
+    (T stacked RGB frames, ``(N, 3 T, H, W)``) or ``"rgbd"`` (RGB + packed depth, ``(N, 5, H,
+    W)``). The trainer refuses data of another layout before any work."""
 
     @classmethod
     def encoder_channels(cls, data_channels: int) -> int:

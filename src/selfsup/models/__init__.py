@@ -24,6 +24,7 @@ from selfsup.models.methods import (
     load_encoder_with_head,
     load_method,
     method_encoder_meta,
+    random_method,
     write_pictures,
 )
 from selfsup.models.pretrained import Encoder
@@ -37,6 +38,7 @@ __all__ = [
     "load_encoder",
     "load_encoder_with_head",
     "load_method",
+    "random_method",
     "make_encoder",
     "method_encoder_meta",
     "write_pictures",

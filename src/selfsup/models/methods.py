@@ -74,6 +74,18 @@ def load_method(run_dir: str | Path, device: str | torch.device = "cpu") -> Meth
     return method.to(device).eval()
 
 
+def random_method(run_dir: str | Path, device: str | torch.device = "cpu", seed: int = 0) -> Method:
+    """A run's whole method (same config and architecture) at random initialisation (seeded):
+    the baseline of the evaluations that use a method's heads (e.g. label propagation)."""
+    run_dir = Path(run_dir)
+    cfg = load_config(None, str(run_dir / "config.yaml"))
+    enc = read_json(run_dir / "encoder.json")
+    data_channels = enc.get("data_channels", enc["in_channels"])
+    torch.manual_seed(seed)
+    method = build_method(cfg, enc["image_size"], data_channels, None)
+    return method.to(device).eval()
+
+
 class _EncoderThenHead(torch.nn.Module):
     """``head(encoder(x))``: (N, C, S, S) -> (N, head output dim)."""
 

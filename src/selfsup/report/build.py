@@ -474,7 +474,8 @@ def _get(d: Any, *keys: str) -> Any:
     return d
 
 
-HIGHER_IS_BETTER = ("acc", "top1", "psnr", "agreement", "retrieval", "all_four", "auroc", "ssim")
+HIGHER_IS_BETTER = ("acc", "top1", "psnr", "agreement", "retrieval", "all_four", "auroc", "ssim",
+                    "miou", "delta1")  # fmt: skip
 LOWER_IS_BETTER = ("loss", "mse", "error", "fpr", "drop")
 
 

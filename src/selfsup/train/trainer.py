@@ -78,6 +78,14 @@ class TrainResult:
     encoder_path: Path
 
 
+LAYOUT_WORDS = {
+    "image": "single images (a dataset name, .npz file or image folder)",
+    "clip": "video clips (data.source=synthetic_video or video:PATH)",
+    "rgbd": "RGB-D images (data.source=synthetic_rgbd or rgbd:PATH)",
+}
+"""How an error names each data layout (:data:`selfsup.data.sources.LAYOUTS`)."""
+
+
 def step_seed(seed: int, step: int) -> int:
     """Seed of the augmentation generator at ``step`` (independent of process count)."""
     return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**63)
@@ -160,6 +168,7 @@ def load_training_source(cfg: RunConfig) -> TrainingSource:
         max_skipped_fraction=d.max_skipped_fraction,
         cache_budget_gb=d.cache_budget_gb,
         crop_scale=d.crop_scale,
+        options=d.options or None,
     )
     if d.holdout is not None:
         source, _ = holdout_split(source, d.holdout)
@@ -563,7 +572,14 @@ class Trainer:
         """The training images, checked against the method and the batch size."""
         cfg = self.cfg
         source = load_training_source(cfg)
-        if get_method(cfg.method).uses_labels and num_classes_of(source) is None:
+        method_cls = get_method(cfg.method)
+        layout = getattr(source, "layout", "image")  # streamed sources hold images
+        if layout != method_cls.data_layout:
+            raise TrainingError(
+                f"method {cfg.method!r} trains on {LAYOUT_WORDS[method_cls.data_layout]}; "
+                f"data.source={cfg.data.source} gives {LAYOUT_WORDS[layout]}"
+            )
+        if method_cls.uses_labels and num_classes_of(source) is None:
             raise TrainingError(f"method {cfg.method!r} needs labels; {source.name} has none")
         if cfg.train.batch_size > len(source):
             raise TrainingError(

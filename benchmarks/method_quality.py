@@ -100,6 +100,7 @@ def train_or_reuse(method: str, recipe: str, run_dir: Path, overrides: list[str]
     if summary.exists():
         have = yaml.safe_load((run_dir / "config.yaml").read_text())
         want = yaml.safe_load(dump_config(cfg))
+        have.pop("out_dir", None), want.pop("out_dir", None)  # the same place, spelt two ways
         if have != want:
             raise SystemExit(f"{run_dir} holds a finished run of another configuration")
         return json.loads(summary.read_text())

@@ -46,7 +46,7 @@ def load_embedder(
         method = load_method(path, device)
         if hasattr(method, "embed"):
             return method.embed, method.image_size, float(method.cfg.copy_temperature)  # type: ignore[attr-defined]
-    loaded = load_encoder(spec)
+    loaded = load_encoder(spec, eval_view=False)  # the bare backbone: its weights, as trained
     space = loaded.meta.get("input_space", "rgb")
     if space != "lab_l":
         raise ValueError(

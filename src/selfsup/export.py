@@ -52,7 +52,7 @@ def export_encoder(spec: str, out: str | Path, fmt: str = "selfsup") -> list[Pat
     if fmt == "pretrained":
         directory = Encoder.from_pretrained(spec).save_pretrained(out)
         return [directory / "config.json", directory / "model.safetensors"]
-    loaded = load_encoder(spec)
+    loaded = load_encoder(spec, eval_view=False)  # the bare backbone: its weights, as trained
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix != ".safetensors":

@@ -7,6 +7,7 @@
 """
 
 from selfsup.backbones.base import Backbone
+from selfsup.backbones.patch_grid import PatchGridEncoder, patch_grid_view
 from selfsup.backbones.registry import build_backbone, list_backbones, register_backbone
 from selfsup.backbones.resnet import (
     BasicBlock,
@@ -29,6 +30,7 @@ from selfsup.backbones.vit import (
 __all__ = [
     "Backbone",
     "BasicBlock",
+    "PatchGridEncoder",
     "Bottleneck",
     "ResNet",
     "TimmBackbone",
@@ -37,6 +39,7 @@ __all__ = [
     "build_backbone",
     "get_2d_sincos_pos_embed",
     "list_backbones",
+    "patch_grid_view",
     "register_backbone",
     "resnet18",
     "resnet34",

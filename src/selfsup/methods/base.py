@@ -202,6 +202,14 @@ class Method(nn.Module):
         scale in its own parameter groups and the schedule keeps ``lr = scale * scheduled lr``."""
         return {}
 
+    def eval_view(self) -> dict[str, Any] | None:
+        """How evaluation should show a whole image to the trained encoder, when not as the
+        image itself: a :func:`~selfsup.backbones.patch_grid.patch_grid_view` for methods that
+        train the encoder on patches or tiles (CPC, jigsaw, relative location). Recorded as
+        ``view`` in ``encoder.json`` and applied by :func:`selfsup.models.load_encoder` to the
+        trained encoder and its random-init baseline alike. None: the whole image."""
+        return None
+
     @torch.no_grad()
     def pretext_metrics(self, images: Tensor, generator: torch.Generator) -> dict[str, float]:
         """How well the pretext task is solved on a held-out uint8 batch (N, C, H, W).

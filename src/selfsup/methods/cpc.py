@@ -67,6 +67,7 @@ from selfsup.augment.tiles import (
     rows_of_global_batch,
     standardize_tiles,
 )
+from selfsup.backbones.patch_grid import patch_grid_view
 from selfsup.backbones.vit import VisionTransformer
 from selfsup.losses import info_nce
 from selfsup.methods.base import Method, MethodConfig, StepResult, embedding_spread
@@ -334,6 +335,20 @@ class CPC(Method):
         return torch.stack(losses).mean(), accuracies, candidates
 
     # --- training --------------------------------------------------------------------------
+    def eval_view(self) -> dict[str, Any]:
+        """The encoder sees a whole image as it saw the training views: resized to the view
+        size, cut into the same overlapping patch grid, each patch normalised as in training,
+        the patch features averaged (CPC's own evaluation pools over the grid)."""
+        mode = self.cfg.patch_normalization
+        return patch_grid_view(
+            image_size=self.view_size,
+            window=self.patch_size,
+            stride=self.stride,
+            standardize={"dataset": None, "per_channel": "per_channel", "per_patch": "per_tile"}[
+                mode
+            ],
+        )
+
     def forward(  # type: ignore[override]
         self,
         images: Tensor,

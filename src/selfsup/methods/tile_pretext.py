@@ -43,6 +43,7 @@ from selfsup.augment.tiles import (
     rows_of_global_batch,
     standardize_tiles,
 )
+from selfsup.backbones.patch_grid import patch_grid_view
 from selfsup.backbones.vit import VisionTransformer
 from selfsup.heads import ProjectionHead
 from selfsup.methods.base import Method, MethodConfig
@@ -174,6 +175,20 @@ class TilePretextMethod(Method):
         else:
             normalised = standardize_tiles(flat, per_channel=mode == "per_channel")
         return normalised.view_as(tiles), flat.view_as(tiles)
+
+    def eval_view(self) -> dict[str, Any]:
+        """The encoder sees a whole image as it saw the puzzles: resized to the puzzle size,
+        cut into the 3x3 grid of tiles (each at its cell's mean jitter), each tile normalised
+        as in training; the tile features averaged
+        (:class:`~selfsup.backbones.PatchGridEncoder`)."""
+        g, mode = self.grid, self.cfg.tile_normalization
+        return patch_grid_view(
+            image_size=g.puzzle_size,
+            window=g.tile_size,
+            stride=g.cell_size,
+            offset=g.border + (g.gap + 1) // 2 + g.jitter // 2,
+            standardize=None if mode == "dataset" else mode,
+        )
 
     # --- model -----------------------------------------------------------------------------
     def encode_tiles(self, tiles: Tensor) -> Tensor:

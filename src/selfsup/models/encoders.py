@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from selfsup.backbones import Backbone, build_backbone
+from selfsup.backbones.patch_grid import PatchGridEncoder
 from selfsup.config import BackboneConfig
 from selfsup.utils.io import file_digest, latest_checkpoint, load_safetensors
 
@@ -34,7 +36,8 @@ from selfsup.utils.io import file_digest, latest_checkpoint, load_safetensors
 class LoadedEncoder:
     """An encoder ``(N, C, S, S) -> (N, D)`` with its ``encoder.json`` meta (backbone,
     ``image_size`` S, ``in_channels`` C, ``normalize``, ``input_space``, ``feature_dim`` D,
-    ``method``)."""
+    ``method``; ``view`` for an encoder shown images through a patch grid, when it comes
+    wrapped in a :class:`~selfsup.backbones.PatchGridEncoder`)."""
 
     encoder: Backbone
     meta: dict[str, Any]
@@ -55,6 +58,7 @@ def encoder_meta(
     input_space: str = "rgb",
     data_channels: int | None = None,
     channel_groups: tuple[int, ...] | None = None,
+    view: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``encoder.json`` meta. ``in_channels`` is what the encoder takes; ``data_channels``
     (recorded when it differs) the training images' channels; ``channel_groups`` (when set)
@@ -72,6 +76,8 @@ def encoder_meta(
         meta["data_channels"] = data_channels
     if channel_groups:
         meta["channel_groups"] = list(channel_groups)
+    if view:
+        meta["view"] = dict(view)
     return meta
 
 
@@ -139,8 +145,20 @@ def _meta_for(weights: Path, run_dir: Path | None) -> dict[str, Any]:
     raise FileNotFoundError(f"{weights}: no encoder.json describing its architecture beside it")
 
 
+def with_eval_view(encoder: Backbone, meta: dict[str, Any]) -> nn.Module:
+    """``encoder`` as evaluation shows it images: wrapped in a
+    :class:`~selfsup.backbones.PatchGridEncoder` when ``meta`` has a ``view`` (methods trained
+    on patches or tiles), else itself. Shapes: (N, C, S, S) -> (N, feature_dim) either way."""
+    view = meta.get("view")
+    return encoder if not view else PatchGridEncoder(encoder, **view)
+
+
 def load_encoder(
-    spec: str, *, seed: int = 0, defaults: dict[str, Any] | None = None
+    spec: str,
+    *,
+    seed: int = 0,
+    defaults: dict[str, Any] | None = None,
+    eval_view: bool = True,
 ) -> LoadedEncoder:
     """Load an encoder by spec (see the module docstring): a run directory, a checkpoint, an
     ``encoder.safetensors`` file (with its ``.json`` beside it) or ``random:SPEC``. The result's
@@ -148,7 +166,9 @@ def load_encoder(
     ``meta`` says (``normalize``, ``input_space``), to features ``(N, meta["feature_dim"])``.
 
     ``defaults`` supplies meta fields (image_size, in_channels, normalize) for ``random:NAME``
-    where NAME is a bare backbone name.
+    where NAME is a bare backbone name. With ``eval_view`` (the default) an encoder whose meta
+    has a ``view`` comes wrapped in it (:func:`with_eval_view`); ``eval_view=False`` gives the
+    bare backbone (export, weights).
     """
     if spec.startswith("random:"):
         target = spec[len("random:") :]
@@ -169,8 +189,11 @@ def load_encoder(
         torch.manual_seed(seed)
         encoder = build_encoder(meta)
         meta["feature_dim"] = encoder.feature_dim
+        if not eval_view:
+            meta.pop("view", None)
         identity = "random:" + json.dumps(meta, sort_keys=True) + f":seed{seed}"
-        return LoadedEncoder(encoder, meta, identity, label=f"random ({meta['backbone']['name']})")
+        label = f"random ({meta['backbone']['name']})"
+        return LoadedEncoder(with_eval_view(encoder, meta), meta, identity, label=label)
     path = Path(spec)
     if not path.exists():
         raise FileNotFoundError(f"encoder not found: {spec}")
@@ -185,4 +208,11 @@ def load_encoder(
             f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})"
         )
     label = f"{meta.get('method', '?')} ({run_dir.name if run_dir else weights.name})"
-    return LoadedEncoder(encoder, meta, file_digest(weights), label=label, run_dir=run_dir)
+    identity = file_digest(weights)
+    if eval_view and meta.get("view"):
+        identity += "|view=" + json.dumps(meta["view"], sort_keys=True)
+    else:
+        meta = {k: v for k, v in meta.items() if k != "view"}
+    return LoadedEncoder(
+        with_eval_view(encoder, meta), meta, identity, label=label, run_dir=run_dir
+    )

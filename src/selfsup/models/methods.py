@@ -55,6 +55,7 @@ def method_encoder_meta(cfg: RunConfig, method: Method, data_channels: int) -> d
         input_space=method.input_space,
         data_channels=data_channels,
         channel_groups=method.channel_groups,
+        view=method.eval_view(),
     )
 
 

@@ -159,7 +159,7 @@ class Encoder(nn.Module):
             except RuntimeError as e:
                 raise ValueError(f"{path / WEIGHTS_NAME} does not match {CONFIG_NAME}: {e}") from e
         else:
-            loaded = load_encoder(str(path))
+            loaded = load_encoder(str(path), eval_view=False)
             backbone, meta = loaded.encoder, loaded.meta
         return cls(backbone, meta).to(device).eval()
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -176,6 +177,44 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+MEASURED = re.compile(r"<!-- measured-row: (\w+) -->.*?(?=\n## |\Z)", re.S)
+
+
+def measured_text(r: dict[str, Any]) -> str:
+    """The docs page's "Measured" paragraph of one result row."""
+    gain = r["knn_top1"] - r["random_knn_top1"]
+    verdict = "clears" if gain >= 0.10 else "does not clear"
+    pm = (f"; pretext {r['pretext_metric']} {r['pretext_value']:.3f}"
+          if r.get("pretext_metric") and r.get("pretext_value") is not None else "")  # fmt: skip
+    return (
+        f"<!-- measured-row: {r['method']} -->\n"
+        f"`python benchmarks/method_quality.py --split test --minutes {r['budget_minutes']:g} "
+        f"--threads {r['threads']} --methods {r['method']}` (recipe `{r['recipe']}`, "
+        f"{r['backbone']}, seed {r['seed']}, {r['images_seen']:,} images in "
+        f"{r['train_minutes']:.1f} min, {r['precision']}): CIFAR-10 test kNN@200 "
+        f"**{r['knn_top1']:.3f}** vs {r['random_knn_top1']:.3f} at random init ({gain:+.3f}, "
+        f"{verdict} the +0.10 bar); linear probe {r['linear_top1']:.3f} vs "
+        f'{r["random_linear_top1"]:.3f}{pm}. The whole table: BENCHMARKS.md, "Every method '
+        'earns its row".\n'
+    )
+
+
+def write_docs(rows: list[dict[str, Any]], docs: Path = Path("docs/methods")) -> list[str]:
+    """Put each row's measured paragraph in ``docs/methods/<method>.md`` (replacing the one
+    there: rerunning after new results keeps the pages current). Returns the pages written."""
+    written = []
+    for r in rows:
+        page = docs / f"{r['method']}.md"
+        if not page.exists():
+            continue
+        text = page.read_text()
+        new = MEASURED.sub(lambda _m, r=r: measured_text(r), text, count=1)
+        if new != text:
+            page.write_text(new)
+            written.append(str(page))
+    return written
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--methods", nargs="*", help="default: every registered method")
@@ -194,12 +233,17 @@ def main() -> None:
     )
     p.add_argument("--linear-epochs", type=int, default=100)
     p.add_argument("--table", action="store_true", help="print the Markdown table and stop")
+    p.add_argument("--docs", action="store_true",
+                   help="write the measured rows into docs/methods/*.md, stop")  # fmt: skip
     args = p.parse_args()
     results = Path(args.out or (
         "benchmarks/results/method_quality.json" if args.split == "test"
         else "benchmarks/results/method_quality_search.json"))  # fmt: skip
     if args.table:
         print(markdown_table(read_json(results, {"rows": []})["rows"]))
+        return
+    if args.docs:
+        print("\n".join(write_docs(read_json(results, {"rows": []})["rows"])))
         return
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -265,8 +265,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'identical' if cycle.weights_identical else 'DIFFER'}"
                   f", logs {'exact' if cycle.logs_exact else 'NOT exact'}", flush=True)  # fmt: skip
         final = finish_and_compare(command, run, reference)
-        print(f"finished: {final['segments'] if 'segments' in final else '?'} segments, "
-              f"{'ok' if final['passed'] else 'FAILED: ' + '; '.join(final['problems'])}")
+        print(
+            f"finished: {final['segments'] if 'segments' in final else '?'} segments, "
+            f"{'ok' if final['passed'] else 'FAILED: ' + '; '.join(final['problems'])}"
+        )
     n = len(cycles)
     identical = sum(c.weights_identical for c in cycles) if final["passed"] else 0
     exact = all(c.logs_exact for c in cycles) and final["passed"]
@@ -282,8 +284,11 @@ def main(argv: list[str] | None = None) -> int:
         "kills_by_time": sum(c.mode == "time" for c in cycles),
         "seconds": round(time.perf_counter() - started, 1),
         "command": "python benchmarks/chaos.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version()},  # fmt: skip
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },  # fmt: skip
         "cycle_details": [{**asdict(c), "passed": c.passed} for c in cycles],
         "finished_run": final,
     }

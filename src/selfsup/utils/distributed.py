@@ -6,6 +6,7 @@ no-op in a single process.
 
 from __future__ import annotations
 
+import atexit
 import os
 from datetime import timedelta
 
@@ -43,7 +44,15 @@ def init_distributed(device: torch.device) -> bool:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    # leave the group before the interpreter tears down: a gloo group still alive at exit can
+    # abort the process ("terminate called without an active exception") after a good run
+    atexit.register(_leave_process_group)
     return True
+
+
+def _leave_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def local_device(requested: str) -> torch.device:

@@ -108,10 +108,10 @@ def load_rgbd_folder(
         CACHE_FORMAT_VERSION,
         DEFAULT_FOLDER_IMAGE_SIZE,
         ImageSource,
-        _atomic_write,
         _hash,
         _safe,
-        _save_json,
+        _save_item_cache,
+        _warn_skipped,
         default_cache_dir,
     )
 
@@ -156,21 +156,10 @@ def load_rgbd_folder(
             items.append(_read_pair(rgb_path, depth_path, size))
         except Exception as e:  # any failure = a bad pair
             skipped.append((str(rgb_path), f"{type(e).__name__}: {e}"))
-    if skipped:
-        shown = ", ".join(f"{p} ({r})" for p, r in skipped[:5])
-        logger.warning("%s: skipped %d item(s): %s%s", root, len(skipped), shown,
-                       ", ..." if len(skipped) > 5 else "")  # fmt: skip
+    _warn_skipped(root, skipped)
     if not items:
         raise ValueError(f"no readable rgb/depth pair in {root} ({len(skipped)} skipped)")
-    array = np.stack(items)
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-
-    _atomic_write(npy_path, write)
-    _save_json(meta_path, {"skipped": skipped, "items": len(array), "root": str(root.resolve())})
-    return ImageSource(images=array, name=root.name, layout="rgbd", skipped=skipped)
+    return _save_item_cache(root, npy_path, meta_path, items, skipped, "rgbd", "items")
 
 
 def synthetic_rgbd_source(

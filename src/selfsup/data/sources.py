@@ -334,6 +334,37 @@ def _save_json(path: Path, obj: object) -> None:
     _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj)))
 
 
+def _warn_skipped(root: Path, skipped: list[tuple[str, str]]) -> None:
+    """Log how many items of ``root`` were skipped, naming the first five with their reasons."""
+    if skipped:
+        shown = ", ".join(f"{p} ({r})" for p, r in skipped[:5])
+        logger.warning("%s: skipped %d item(s): %s%s", root, len(skipped), shown,
+                       ", ..." if len(skipped) > 5 else "")  # fmt: skip
+
+
+def _save_item_cache(
+    root: Path,
+    npy_path: Path,
+    meta_path: Path,
+    items: list[np.ndarray],
+    skipped: list[tuple[str, str]],
+    layout: str,
+    count_key: str,
+) -> ImageSource:
+    """Stack decoded clip / RGB-D items (each ``(H, W, C)``), write them and their meta (the
+    skipped items, the count under ``count_key``, the folder) atomically into the cache, and
+    return them as an :class:`ImageSource` of ``layout``."""
+    array = np.stack(items)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+    _atomic_write(npy_path, write)
+    _save_json(meta_path, {"skipped": skipped, count_key: len(array), "root": str(root.resolve())})
+    return ImageSource(images=array, name=root.name, layout=layout, skipped=skipped)
+
+
 def _progress(total: int, desc: str):
     from tqdm.auto import tqdm
 

@@ -455,10 +455,10 @@ def load_video_folder(
         DEFAULT_FOLDER_IMAGE_SIZE,
         IMAGE_EXTENSIONS,
         ImageSource,
-        _atomic_write,
         _hash,
         _safe,
-        _save_json,
+        _save_item_cache,
+        _warn_skipped,
         default_cache_dir,
     )
 
@@ -519,22 +519,11 @@ def load_video_folder(
         for s in starts:
             idx = range(s, s + (opts.frames - 1) * opts.frame_step + 1, opts.frame_step)
             items.append(np.concatenate([video.frames[i] for i in idx], axis=-1))  # type: ignore[misc]
-    if skipped:
-        shown = ", ".join(f"{p} ({r})" for p, r in skipped[:5])
-        logger.warning("%s: skipped %d item(s): %s%s", root, len(skipped), shown,
-                       ", ..." if len(skipped) > 5 else "")  # fmt: skip
+    _warn_skipped(root, skipped)
     if not items:
         raise ValueError(f"no clip of {opts.frames} readable frames in {root} "
                          f"({len(videos)} video(s), {len(skipped)} item(s) skipped)")  # fmt: skip
-    array = np.stack(items)
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-
-    _atomic_write(npy_path, write)
-    _save_json(meta_path, {"skipped": skipped, "clips": len(array), "root": str(root.resolve())})
-    return ImageSource(images=array, name=root.name, layout="clip", skipped=skipped)
+    return _save_item_cache(root, npy_path, meta_path, items, skipped, "clip", "clips")
 
 
 def _video_folder(arg: str, *, image_size: int | None, cache_dir: str | None,

@@ -136,6 +136,8 @@ def depth_probe(
     decoder = ConvDecoder(f_train.shape[1], 1, out_size, cfg.decoder_dim, 16).build(
         f_train.shape[-1]
     ).to(device)  # fmt: skip
+    with torch.no_grad():  # start at the mean log depth: an untrained probe is the mean baseline
+        decoder.out.bias.fill_(float(target.clamp_min(1e-3).log()[ok].mean()))
     opt = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(train) // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch

@@ -29,8 +29,8 @@ Rows reported: S1/S2 ``selfsup / max(lightly, lightly_main_1thread)`` per precis
 ``precision=auto`` vs lightly at fp32 (its documented default); S4 ``selfsup / bare``; S7 the
 FLOP/s of the selfsup step (``FlopCounterMode``: convolutions and matmuls of forward + backward)
 vs a same-precision 2048x2048 GEMM timed in the same rounds. With ``--memory``, S9: the peak
-resident set of a fresh process running ``--steps`` steps of each of selfsup and lightly per
-precision (``ru_maxrss``).
+resident set while a fresh process runs ``--steps`` steps of each of selfsup and lightly per
+precision (the peak is reset after the set-up: :func:`memory_child`).
 
     python benchmarks/bench_vs_lightly.py --width 1.0 --batch-size 256 --rounds 5 --memory
 
@@ -211,22 +211,51 @@ def gemm_seconds(precision: str, n: int = 2048, reps: int = 10) -> float:
     return (time.perf_counter() - t0) / reps
 
 
+def _proc_status_mib(key: str) -> float | None:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MiB; None off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def memory_child(args: argparse.Namespace) -> None:
-    """One contender in a fresh process; prints its peak RSS (MiB) as JSON: the process's
-    own, and the largest of its exited children's (lightly's DataLoader workers)."""
+    """One contender in a fresh process; prints its memory as JSON.
+
+    Building the contenders (loading every image, the model copies, the pre-made views) peaks
+    higher than either training loop, so a process-lifetime peak (``ru_maxrss``) reads the same
+    for both (what an earlier run recorded). So the peak is reset (``/proc/self/clear_refs``)
+    after the set-up and read again after the timed steps: ``peak_rss_mib`` is the main process's
+    peak while training, ``rss_before_mib`` its resident set before; ``worker_peak_rss_mib`` the
+    largest exited child (lightly's DataLoader workers, forked during its run)."""
+    import gc
+
     contenders = build(args, args.precision_child, only=args.memory_child)
+    gc.collect()
+    before = _proc_status_mib("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
+        reset = True
+    except OSError:
+        reset = False
     contenders[args.memory_child]()
-    main = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    # lightly's DataLoader workers are processes of their own (already exited): the largest
+    peak = _proc_status_mib("VmHWM") if reset else None
+    if peak is None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         json.dumps(
             {
-                "peak_rss_mib": main,
+                "peak_rss_mib": peak,
+                "rss_before_mib": before,
+                "peak_reset_after_setup": reset,
                 "worker_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
                 / 1024,
             }
         )
-    )  # noqa: E501
+    )
 
 
 def main() -> None:
@@ -244,6 +273,8 @@ def main() -> None:
     ap.add_argument("--force-bf16", action="store_true", help="bf16 even without native bf16")
     ap.add_argument("--skip-lightly", action="store_true")
     ap.add_argument("--memory", action="store_true", help="also peak RSS per contender (S9)")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only S9 (no timing rounds); pair with --out")  # fmt: skip
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     ap.add_argument("--precision-child", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/vs_lightly.json")
@@ -256,7 +287,7 @@ def main() -> None:
     precisions = [p for p in args.precisions
                   if p == "fp32" or cpu["native_bf16"] or args.force_bf16]  # fmt: skip
     results: dict[str, Any] = {}
-    for precision in precisions:
+    for precision in precisions if not args.memory_only else ():
         contenders = build(args, precision)
         flops = contenders.pop("_step_flops")
         times: dict[str, list[float]] = {name: [] for name in contenders}
@@ -302,7 +333,7 @@ def main() -> None:
             "ratio": results[auto]["images_per_second_median"]["selfsup"] / lightly_fp32,
         }
         print(f"defaults: selfsup ({auto}) / lightly (fp32) = {results['defaults']['ratio']:.2f}")
-    if args.memory:
+    if args.memory or args.memory_only:
         results["peak_rss_mib"] = {}
         for precision in precisions:
             for name in ("selfsup", "lightly"):
@@ -312,15 +343,16 @@ def main() -> None:
                        str(args.threads), "--workers", str(args.workers)]  # fmt: skip
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 rss = json.loads(out.strip().splitlines()[-1])
-                # the main process plus every DataLoader worker (each at most the largest)
+                # the main process plus every DataLoader worker (each at most the largest;
+                # an upper bound: pages a forked worker shares with the main count twice)
                 total = (
                     rss["peak_rss_mib"]
                     + (args.workers if name == "lightly" else 0) * rss["worker_peak_rss_mib"]
                 )
                 results["peak_rss_mib"][f"{name}_{precision}"] = {**rss, "total_mib": total}
                 print(
-                    f"peak RSS {name} {precision}: {total:.0f} MiB (main "
-                    f"{rss['peak_rss_mib']:.0f})",
+                    f"peak RSS while training {name} {precision}: {total:.0f} MiB (main "
+                    f"{rss['peak_rss_mib']:.0f}, before training {rss['rss_before_mib']:.0f})",
                     flush=True,
                 )
     payload = {

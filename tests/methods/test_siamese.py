@@ -93,6 +93,32 @@ def test_simsiam_projector_ends_in_batchnorm_and_predictor_is_a_bottleneck():
     ] == [512, 2048]
 
 
+@pytest.mark.parametrize("fix", [True, False])
+def test_simsiam_predictor_lr_is_held_at_the_peak_only_when_fixed(fix):
+    """The paper's fixed predictor rate: through warm-up and cosine decay the predictor's groups
+    stay at the peak lr while the encoder's and projector's follow the schedule."""
+    from selfsup.config import OptimizerConfig, ScheduleConfig
+    from selfsup.train.optim import build_optimizer
+    from selfsup.train.schedule import LRSchedule, Progress
+
+    m = _method("simsiam", fix_predictor_lr=fix)
+    assert m.fixed_lr() == (("predictor.",) if fix else ())
+    opt = build_optimizer(m, OptimizerConfig(name="sgd", lr=0.1, weight_decay=5e-4), 256)
+    predictor = {id(p) for p in m.predictor.parameters()}
+    kinds = {(all(id(p) in predictor for p in g["params"]),
+              any(id(p) in predictor for p in g["params"])) for g in opt.param_groups}  # fmt: skip
+    if fix:  # no group mixes the predictor and the rest
+        assert kinds == {(True, True), (False, False)}
+    schedule = LRSchedule(ScheduleConfig(warmup_epochs=1.0), peak=0.1, warmup=10)
+    for step in (0, 5, 50, 99):
+        lr = schedule.apply(opt, Progress(step, 100))
+        assert lr < 0.1
+        for g in opt.param_groups:
+            in_predictor = id(g["params"][0]) in predictor
+            want = 0.1 if (fix and in_predictor) else lr
+            assert g["lr"] == pytest.approx(want)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_step_is_deterministic_and_trains_every_trainable_parameter(name):
     m = _method(name)

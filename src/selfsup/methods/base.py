@@ -202,6 +202,12 @@ class Method(nn.Module):
         scale in its own parameter groups and the schedule keeps ``lr = scale * scheduled lr``."""
         return {}
 
+    def fixed_lr(self) -> tuple[str, ...]:
+        """Parameter-name prefixes whose learning rate stays at the peak (times its
+        ``lr_scales`` multiplier) for the whole run instead of following the warm-up and decay,
+        e.g. SimSiam's predictor (``("predictor.",)``). Empty: every parameter is scheduled."""
+        return ()
+
     def eval_view(self) -> dict[str, Any] | None:
         """How evaluation should show a whole image to the trained encoder, when not as the
         image itself: a :func:`~selfsup.backbones.patch_grid.patch_grid_view` for methods that

@@ -24,6 +24,9 @@ class SimSiamConfig(MethodConfig):
     proj_out_dim: int = Field(default=2048, gt=0)
     proj_layers: int = Field(default=3, ge=1)
     pred_hidden_dim: int = Field(default=512, gt=0)
+    fix_predictor_lr: bool = True
+    """Hold the predictor at the peak learning rate (the paper, section 4.2: a fixed rate for
+    the predictor works slightly better than decaying it); the rest follows the schedule."""
 
 
 class SimSiam(PositiveRetrieval, Method):
@@ -48,6 +51,10 @@ class SimSiam(PositiveRetrieval, Method):
         self.predictor = ProjectionHead(
             cfg.proj_out_dim, cfg.pred_hidden_dim, cfg.proj_out_dim, num_layers=2
         )
+
+    def fixed_lr(self) -> tuple[str, ...]:
+        """The predictor keeps the peak learning rate when ``fix_predictor_lr``."""
+        return ("predictor.",) if self.cfg.fix_predictor_lr else ()
 
     def forward(  # type: ignore[override]
         self,

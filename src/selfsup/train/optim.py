@@ -92,16 +92,19 @@ def split_decay_groups(model: nn.Module, exclude_norm_and_bias: bool) -> list[di
 
 
 def split_lr_scale_groups(model: nn.Module, groups: list[dict], lr: float) -> list[dict]:
-    """Split parameter groups by the model's learning-rate multipliers.
+    """Split parameter groups by the model's learning-rate multipliers and fixed rates.
 
     ``model.lr_scales()`` (a :class:`~selfsup.methods.Method` hook; absent = none) maps
     parameter-name prefixes to multipliers, the longest matching prefix winning. Parameters
     with a multiplier other than 1 go to their own copy of their group, with ``lr_scale`` set
     (and ``lr = lr * lr_scale``); :func:`set_lr` keeps that ratio through the schedule.
+    ``model.fixed_lr()`` names prefixes whose groups get ``fixed_lr=True``: :func:`set_lr`
+    holds them at the peak (times their scale) instead of scheduling them.
     """
-    hook = getattr(model, "lr_scales", None)
-    scales = hook() if callable(hook) else {}
-    if not scales:
+    scales_hook, fixed_hook = getattr(model, "lr_scales", None), getattr(model, "fixed_lr", None)
+    scales = scales_hook() if callable(scales_hook) else {}
+    fixed = tuple(fixed_hook()) if callable(fixed_hook) else ()
+    if not scales and not fixed:
         return groups
     names = {id(p): name for name, p in model.named_parameters()}
 
@@ -110,15 +113,20 @@ def split_lr_scale_groups(model: nn.Module, groups: list[dict], lr: float) -> li
         prefix = max((k for k in scales if name.startswith(k)), key=len, default=None)
         return 1.0 if prefix is None else float(scales[prefix])
 
+    def is_fixed(param: Tensor) -> bool:
+        return names.get(id(param), "").startswith(fixed) if fixed else False
+
     out = []
     for group in groups:
-        by_scale: dict[float, list[Tensor]] = {}
+        by_kind: dict[tuple[float, bool], list[Tensor]] = {}
         for param in group["params"]:
-            by_scale.setdefault(scale_of(param), []).append(param)
-        for scale, params in by_scale.items():
+            by_kind.setdefault((scale_of(param), is_fixed(param)), []).append(param)
+        for (scale, hold), params in by_kind.items():
             new = {**group, "params": params}
             if scale != 1.0:
                 new.update(lr_scale=scale, lr=lr * scale)
+            if hold:
+                new.update(fixed_lr=True)
             out.append(new)
     return out
 
@@ -127,7 +135,8 @@ def build_optimizer(
     model: nn.Module, cfg: OptimizerConfig, global_batch_size: int
 ) -> torch.optim.Optimizer:
     """Build the optimizer with the peak LR (``cfg.lr`` or ``base_lr * batch / 256``), times
-    the model's ``lr_scales()`` where it has any (:func:`split_lr_scale_groups`)."""
+    the model's ``lr_scales()`` where it has any, its ``fixed_lr()`` groups marked
+    (:func:`split_lr_scale_groups`)."""
     lr = peak_lr(cfg, global_batch_size)
     groups = split_decay_groups(model, cfg.exclude_norm_and_bias)
     groups = split_lr_scale_groups(model, groups, lr)

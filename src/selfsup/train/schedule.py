@@ -65,9 +65,9 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, cfg: ScheduleConfig) -
 
 
 def set_lr(optimizer: torch.optim.Optimizer, peak: float, multiplier: float) -> float:
-    """Set every group's lr to ``peak * multiplier`` (times the group's ``lr_scale``, if any);
-    returns ``peak * multiplier``."""
+    """Set every group's lr to ``peak * multiplier`` (times the group's ``lr_scale``, if any;
+    a ``fixed_lr`` group stays at ``peak`` times its scale); returns ``peak * multiplier``."""
     lr = peak * multiplier
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+        group["lr"] = (peak if group.get("fixed_lr") else lr) * group.get("lr_scale", 1.0)
     return lr

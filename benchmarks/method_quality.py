@@ -165,7 +165,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     lines = [head]
     order = {m: i for i, m in enumerate(ordered_methods())}
-    for r in sorted(rows, key=lambda r: order.get(r["method"], 99)):
+    for r in sorted(rows, key=lambda r: (order.get(r["method"], 99), r["budget_minutes"])):
         pm = f"{r['pretext_metric']} {r['pretext_value']:.3f}" if r.get("pretext_metric") else "–"
         er = f"{r['effective_rank']:.1f}" if r.get("effective_rank") is not None else "–"
         lines.append(
@@ -180,35 +180,47 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 MEASURED = re.compile(r"<!-- measured-row: (\w+) -->.*?(?=\n## |\Z)", re.S)
 
 
-def measured_text(r: dict[str, Any]) -> str:
-    """The docs page's "Measured" paragraph of one result row."""
+def measured_line(r: dict[str, Any]) -> str:
+    """One result row as a sentence of the docs page's "Measured" paragraph."""
     gain = r["knn_top1"] - r["random_knn_top1"]
     verdict = "clears" if gain >= 0.10 else "does not clear"
     pm = (f"; pretext {r['pretext_metric']} {r['pretext_value']:.3f}"
           if r.get("pretext_metric") and r.get("pretext_value") is not None else "")  # fmt: skip
     return (
-        f"<!-- measured-row: {r['method']} -->\n"
         f"`python benchmarks/method_quality.py --split test --minutes {r['budget_minutes']:g} "
         f"--threads {r['threads']} --methods {r['method']}` (recipe `{r['recipe']}`, "
         f"{r['backbone']}, seed {r['seed']}, {r['images_seen']:,} images in "
         f"{r['train_minutes']:.1f} min, {r['precision']}): CIFAR-10 test kNN@200 "
         f"**{r['knn_top1']:.3f}** vs {r['random_knn_top1']:.3f} at random init ({gain:+.3f}, "
         f"{verdict} the +0.10 bar); linear probe {r['linear_top1']:.3f} vs "
-        f'{r["random_linear_top1"]:.3f}{pm}. The whole table: BENCHMARKS.md, "Every method '
-        'earns its row".\n'
+        f"{r['random_linear_top1']:.3f}{pm}."
     )
 
 
+def measured_text(rows: list[dict[str, Any]]) -> str:
+    """The docs page's "Measured" paragraph: every budget measured for one method, shortest
+    first."""
+    rows = sorted(rows, key=lambda r: r["budget_minutes"])
+    lines = [f"<!-- measured-row: {rows[0]['method']} -->"]
+    lines += [("- " if len(rows) > 1 else "") + measured_line(r) for r in rows]
+    lines.append('The whole table: BENCHMARKS.md, "Every method earns its row".')
+    return "\n".join(lines) + "\n"
+
+
 def write_docs(rows: list[dict[str, Any]], docs: Path = Path("docs/methods")) -> list[str]:
-    """Put each row's measured paragraph in ``docs/methods/<method>.md`` (replacing the one
-    there: rerunning after new results keeps the pages current). Returns the pages written."""
-    written = []
+    """Put each method's measured paragraph (all its budgets) in ``docs/methods/<method>.md``
+    (replacing the one there: rerunning after new results keeps the pages current). Returns the
+    pages written."""
+    by_method: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        page = docs / f"{r['method']}.md"
+        by_method.setdefault(r["method"], []).append(r)
+    written = []
+    for method, method_rows in by_method.items():
+        page = docs / f"{method}.md"
         if not page.exists():
             continue
         text = page.read_text()
-        new = MEASURED.sub(lambda _m, r=r: measured_text(r), text, count=1)
+        new = MEASURED.sub(lambda _m, rs=method_rows: measured_text(rs), text, count=1)
         if new != text:
             page.write_text(new)
             written.append(str(page))
@@ -279,8 +291,9 @@ def main() -> None:
         row["eval_minutes"] = (time.perf_counter() - t0) / 60
         print(json.dumps(row), flush=True)
         data = read_json(results, {"rows": []})
-        if args.split == "test":  # one row per method (the final recipe)
-            data["rows"] = [r for r in data["rows"] if r["method"] != method]
+        if args.split == "test":  # one row per method and budget (the final recipe)
+            same = (method, args.minutes)
+            data["rows"] = [r for r in data["rows"] if (r["method"], r["budget_minutes"]) != same]
         data["rows"].append(row)
         data["machine"] = machine
         data["protocol"] = (f"train on CIFAR-10 train minus a class-balanced holdout of {HOLDOUT}"

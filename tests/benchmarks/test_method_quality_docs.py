@@ -41,3 +41,19 @@ def test_rows_replace_the_measured_paragraph_and_keep_the_rest(tmp_path):
     assert "0.486" not in text and "(+0.061, does not clear the +0.10 bar)" in text
     assert text.count("<!-- measured-row: simclr -->") == 1
     assert mq.write_docs([{**_row(0.4), "method": "no_such_page"}], tmp_path) == []
+
+
+def test_every_budget_of_a_method_is_listed_shortest_first(tmp_path):
+    mq = _module()
+    page = tmp_path / "simclr.md"
+    page.write_text("# SimCLR\n\n## Measured\n\n<!-- measured-row: simclr -->\n")
+    longer = {**_row(0.401), "budget_minutes": 20.0, "train_minutes": 20.0}
+    mq.write_docs([longer, _row(0.351)], tmp_path)
+    text = page.read_text()
+    ten, twenty = text.index("--minutes 10 "), text.index("--minutes 20 ")
+    assert ten < twenty
+    assert "(+0.061, does not clear the +0.10 bar)" in text[ten:twenty]
+    assert "(+0.111, clears the +0.10 bar)" in text[twenty:]
+    assert text.count("<!-- measured-row: simclr -->") == 1
+    table = mq.markdown_table([longer, _row(0.351)]).splitlines()
+    assert "| 0.351 |" in table[2] and "| 0.401 |" in table[3]

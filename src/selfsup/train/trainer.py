@@ -66,6 +66,10 @@ from selfsup.utils.locks import RunDirLock, RunDirLockedError
 from selfsup.utils.precision import autocast_dtype, use_channels_last
 
 
+class ShortRunWarning(UserWarning):
+    """A step-counted run too short to finish its learning-rate warm-up."""
+
+
 @dataclass
 class TrainResult:
     """What a finished :meth:`Trainer.fit` returns."""
@@ -524,6 +528,16 @@ class Trainer:
         self.lr_schedule = LRSchedule(
             sched, peak=peak_lr(tcfg.optimizer, tcfg.batch_size), warmup=warmup
         )
+        if self.budget_seconds is None and 0 < total_steps < warmup and main:
+            warnings.warn(
+                f"the run ends at step {total_steps}, before its learning-rate warm-up is over "
+                f"({warmup} steps: train.schedule.warmup_epochs={sched.warmup_epochs:g} x "
+                f"{steps_per_epoch} steps per epoch), so it never trains at the peak rate and "
+                "the encoder will be barely trained; shorten the warm-up (e.g. "
+                "train.schedule.warmup_fraction=0.1) or train for more steps",
+                ShortRunWarning,
+                stacklevel=2,
+            )
         self.checkpoint_every = tcfg.checkpoint_every_steps or max(
             1, round(tcfg.checkpoint_every_epochs * steps_per_epoch)
         )

@@ -102,12 +102,20 @@ def train_or_reuse(method: str, recipe: str, run_dir: Path, overrides: list[str]
         have = yaml.safe_load((run_dir / "config.yaml").read_text())
         want = yaml.safe_load(dump_config(cfg))
         have.pop("out_dir", None), want.pop("out_dir", None)  # the same place, spelt two ways
-        if have != want:
+        # an option added since the run was made matches when it is at its unset default (None)
+        if _drop_none(have) != _drop_none(want):
             raise SystemExit(f"{run_dir} holds a finished run of another configuration")
         return json.loads(summary.read_text())
     resume = (run_dir / "checkpoints").exists()
     Trainer(cfg, resume=resume).fit()
     return json.loads(summary.read_text())
+
+
+def _drop_none(value: Any) -> Any:
+    """A config mapping without its None-valued keys, recursively."""
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    return value
 
 
 def last_logged(run_dir: Path, key: str) -> float | None:
@@ -130,18 +138,23 @@ def pretext_value(run_dir: Path, method: str, images: int = 2000) -> tuple[str |
     return key, metrics.get(key)
 
 
-def evaluate(run_dir: Path, split: str, linear_epochs: int) -> dict[str, Any]:
-    """kNN (and, on the test split, the linear probe) of the run and its random init."""
+def evaluate(
+    run_dir: Path, split: str, linear_epochs: int, global_pool: str | None = None
+) -> dict[str, Any]:
+    """kNN (and, on the test split, the linear probe) of the run and its random init, a ViT's
+    feature read as ``global_pool`` when given (both alike)."""
     if split == "val":
         data = load_eval_data("cifar10", holdout=HOLDOUT)
-        r = evaluate_encoder(str(run_dir), data, protocols=("knn",))
-        rnd = evaluate_encoder(f"random:{run_dir}", data, protocols=("knn",))
+        r = evaluate_encoder(str(run_dir), data, protocols=("knn",), global_pool=global_pool)
+        rnd = evaluate_encoder(f"random:{run_dir}", data, protocols=("knn",),
+                               global_pool=global_pool)  # fmt: skip
         return {"val_knn_top1": r["knn@200"], "val_knn20_top1": r["knn@20"],
                 "val_random_knn_top1": rnd["knn@200"]}  # fmt: skip
     data = load_eval_data("cifar10")
     out: dict[str, Any] = {}
     for prefix, spec in (("", str(run_dir)), ("random_", f"random:{run_dir}")):
-        r = evaluate_encoder(spec, data, protocols=("knn", "linear"), linear_epochs=linear_epochs)
+        r = evaluate_encoder(spec, data, protocols=("knn", "linear"), linear_epochs=linear_epochs,
+                             global_pool=global_pool)  # fmt: skip
         out[f"{prefix}knn_top1"] = r["knn@200"]
         out[f"{prefix}knn20_top1"] = r["knn@20"]
         out[f"{prefix}linear_top1"] = r["linear_top1"]
@@ -188,7 +201,9 @@ def measured_line(r: dict[str, Any]) -> str:
           if r.get("pretext_metric") and r.get("pretext_value") is not None else "")  # fmt: skip
     return (
         f"`python benchmarks/method_quality.py --split test --minutes {r['budget_minutes']:g} "
-        f"--threads {r['threads']} --methods {r['method']}` (recipe `{r['recipe']}`, "
+        f"--threads {r['threads']} --methods {r['method']}"
+        + (f" --readout {r['method']}={r['readout']}" if r.get("readout") else "")
+        + f"` (recipe `{r['recipe']}`, "
         f"{r['backbone']}, seed {r['seed']}, {r['images_seen']:,} images in "
         f"{r['train_minutes']:.1f} min, {r['precision']}): CIFAR-10 test kNN@200 "
         f"**{r['knn_top1']:.3f}** vs {r['random_knn_top1']:.3f} at random init ({gain:+.3f}, "
@@ -244,6 +259,9 @@ def main() -> None:
         help="METHOD:key=value for one method, or key=value for all",
     )
     p.add_argument("--linear-epochs", type=int, default=100)
+    p.add_argument("--readout", nargs="*", default=[],
+                   help="METHOD=cls|avg: how to pool a ViT method's features for evaluation "
+                        "(choose it on --split val)")  # fmt: skip
     p.add_argument("--table", action="store_true", help="print the Markdown table and stop")
     p.add_argument("--docs", action="store_true",
                    help="write the measured rows into docs/methods/*.md, stop")  # fmt: skip
@@ -260,6 +278,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     recipes = dict(item.split("=", 1) for item in args.recipe)
+    readouts = dict(item.split("=", 1) for item in args.readout)
     machine = {"cpu": cpu_info(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                "python": sys.version.split()[0]}  # fmt: skip
     for method in args.methods or ordered_methods():
@@ -280,7 +299,10 @@ def main() -> None:
             "precision": _precision(run_dir), "run_dir": str(run_dir),
             "threads": args.threads or torch.get_num_threads(),
         }  # fmt: skip
-        row.update(evaluate(run_dir, args.split, args.linear_epochs))
+        pool = readouts.get(method)
+        if pool:
+            row["readout"] = pool
+        row.update(evaluate(run_dir, args.split, args.linear_epochs, pool))
         if args.split == "test":
             key, value = pretext_value(run_dir, method)
             row.update(
@@ -291,7 +313,7 @@ def main() -> None:
         row["eval_minutes"] = (time.perf_counter() - t0) / 60
         print(json.dumps(row), flush=True)
         data = read_json(results, {"rows": []})
-        if args.split == "test":  # one row per method and budget (the final recipe)
+        if args.split == "test":  # one row per method and budget (the final recipe and readout)
             same = (method, args.minutes)
             data["rows"] = [r for r in data["rows"] if (r["method"], r["budget_minutes"]) != same]
         data["rows"].append(row)

@@ -100,6 +100,9 @@ class BackboneConfig(Section):
     patch_size: int | None = Field(default=None, gt=0)
     pos_embed: Literal["sincos", "learned"] | None = None
     drop_path_rate: float | None = Field(default=None, ge=0, lt=1)
+    global_pool: Literal["cls", "avg"] | None = None
+    """ViT only: the pooled feature, the cls token (None: the default) or the mean of the patch
+    tokens (``avg``; MAE's frozen features read better that way: docs/methods/mae.md)."""
     pretrained: bool = False
     """torchvision/timm backbones only: start from the library's published weights."""
 
@@ -117,6 +120,7 @@ class BackboneConfig(Section):
                 "patch_size": self.patch_size,
                 "pos_embed": self.pos_embed,
                 "drop_path_rate": self.drop_path_rate,
+                "global_pool": self.global_pool,
             }
         else:
             kwargs = {}

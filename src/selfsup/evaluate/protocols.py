@@ -127,6 +127,7 @@ def evaluate_encoder(
     seed: int = 0,
     cache_dir: Path | None = None,
     head: str | None = None,
+    global_pool: str | None = None,
 ) -> dict[str, Any]:
     """Judge one encoder on labeled data: features ``(N, D)`` of ``data``'s train and test
     images (extracted once, cached), then the named protocols — ``"knn"`` (cosine kNN, weighted
@@ -135,9 +136,14 @@ def evaluate_encoder(
 
     ``spec`` is a run directory, checkpoint, ``encoder.safetensors`` file or ``random:SPEC``
     (:func:`selfsup.models.load_encoder`); with ``head`` (a run directory only), the features
-    are the outputs of that method head after the encoder (e.g. ``projector``). Returns a dict
+    are the outputs of that method head after the encoder (e.g. ``projector``); ``global_pool``
+    reads a ViT encoder's pooled feature as ``cls`` or ``avg`` (patch-token mean). Returns a dict
     with the metrics, ``label``, ``method``, ``backbone``, ``feature_dim`` and image counts."""
-    loaded = load_encoder_with_head(spec, head) if head else load_encoder(spec, seed=seed)
+    loaded = (
+        load_encoder_with_head(spec, head)
+        if head
+        else load_encoder(spec, seed=seed, global_pool=global_pool)
+    )
     ftr, ytr, fte, yte = features_for(loaded, data, device=device, cache_dir=cache_dir)
     result = encoder_summary(spec, loaded, ftr, fte)
     result["input_space"] = loaded.meta.get("input_space", "rgb")

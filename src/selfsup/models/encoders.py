@@ -159,6 +159,7 @@ def load_encoder(
     seed: int = 0,
     defaults: dict[str, Any] | None = None,
     eval_view: bool = True,
+    global_pool: str | None = None,
 ) -> LoadedEncoder:
     """Load an encoder by spec (see the module docstring): a run directory, a checkpoint, an
     ``encoder.safetensors`` file (with its ``.json`` beside it) or ``random:SPEC``. The result's
@@ -168,7 +169,8 @@ def load_encoder(
     ``defaults`` supplies meta fields (image_size, in_channels, normalize) for ``random:NAME``
     where NAME is a bare backbone name. With ``eval_view`` (the default) an encoder whose meta
     has a ``view`` comes wrapped in it (:func:`with_eval_view`); ``eval_view=False`` gives the
-    bare backbone (export, weights).
+    bare backbone (export, weights). ``global_pool`` (``cls`` / ``avg``) reads a ViT's pooled
+    feature another way than it was saved with (an evaluation choice; the weights are the same).
     """
     if spec.startswith("random:"):
         target = spec[len("random:") :]
@@ -186,6 +188,7 @@ def load_encoder(
             }
             run_dir = None
         meta["method"] = "random"
+        meta = _with_global_pool(meta, global_pool, spec)
         torch.manual_seed(seed)
         encoder = build_encoder(meta)
         meta["feature_dim"] = encoder.feature_dim
@@ -198,7 +201,7 @@ def load_encoder(
     if not path.exists():
         raise FileNotFoundError(f"encoder not found: {spec}")
     weights, run_dir = _find_weights(path)
-    meta = _meta_for(weights, run_dir)
+    meta = _with_global_pool(_meta_for(weights, run_dir), global_pool, spec)
     encoder = build_encoder(meta)
     state = load_safetensors(weights)  # refuses pickles: loading never runs code
     missing, unexpected = encoder.load_state_dict(state, strict=False)
@@ -209,6 +212,8 @@ def load_encoder(
         )
     label = f"{meta.get('method', '?')} ({run_dir.name if run_dir else weights.name})"
     identity = file_digest(weights)
+    if global_pool is not None:
+        identity += f"|pool={global_pool}"
     if eval_view and meta.get("view"):
         identity += "|view=" + json.dumps(meta["view"], sort_keys=True)
     else:
@@ -216,3 +221,18 @@ def load_encoder(
     return LoadedEncoder(
         with_eval_view(encoder, meta), meta, identity, label=label, run_dir=run_dir
     )
+
+
+def _with_global_pool(meta: dict[str, Any], global_pool: str | None, spec: str) -> dict[str, Any]:
+    """``meta`` with its backbone's ``global_pool`` replaced (ViT backbones only)."""
+    if global_pool is None:
+        return meta
+    if global_pool not in ("cls", "avg"):
+        raise ValueError(f"global_pool must be 'cls' or 'avg', got {global_pool!r}")
+    backbone = dict(meta["backbone"])
+    if not str(backbone.get("name", "")).startswith("vit"):
+        raise ValueError(
+            f"{spec}: global_pool applies to ViT encoders, not {backbone.get('name')!r}"
+        )
+    backbone["global_pool"] = global_pool
+    return {**meta, "backbone": backbone}

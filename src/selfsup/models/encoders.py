@@ -224,11 +224,10 @@ def load_encoder(
 
 
 def _with_global_pool(meta: dict[str, Any], global_pool: str | None, spec: str) -> dict[str, Any]:
-    """``meta`` with its backbone's ``global_pool`` replaced (ViT backbones only)."""
+    """``meta`` with its backbone's ``global_pool`` replaced (ViT backbones only; the value is
+    checked where the meta is built into a backbone, by ``BackboneConfig``)."""
     if global_pool is None:
         return meta
-    if global_pool not in ("cls", "avg"):
-        raise ValueError(f"global_pool must be 'cls' or 'avg', got {global_pool!r}")
     backbone = dict(meta["backbone"])
     if not str(backbone.get("name", "")).startswith("vit"):
         raise ValueError(

@@ -94,6 +94,13 @@ def run_dir_of(root: Path, method: str, minutes: float, seed: int, extra: list[s
     return root / tag
 
 
+ADDED_OPTIONS = {
+    ("method_args", "fix_predictor_lr"): False,  # SimSiam: the predictor followed the schedule
+    ("method_args", "directions"): 1,  # CPC: predictions downwards only
+}
+"""Options added since some runs were made, each with the value those runs behaved as."""
+
+
 def train_or_reuse(method: str, recipe: str, run_dir: Path, overrides: list[str]) -> dict:
     """Train the run (or resume it); a finished run of the same config is reused."""
     cfg = load_config(method, recipe, [f"out_dir={run_dir}", *overrides])
@@ -103,6 +110,10 @@ def train_or_reuse(method: str, recipe: str, run_dir: Path, overrides: list[str]
         want = yaml.safe_load(dump_config(cfg))
         have.pop("out_dir", None), want.pop("out_dir", None)  # the same place, spelt two ways
         # an option added since the run was made matches when it is at its unset default (None)
+        # or at the value that reproduces what the run did (ADDED_OPTIONS)
+        for (section, key), before in ADDED_OPTIONS.items():
+            if key in want.get(section, {}) and key not in have.get(section, {}):
+                have.setdefault(section, {})[key] = before
         if _drop_none(have) != _drop_none(want):
             raise SystemExit(f"{run_dir} holds a finished run of another configuration")
         return json.loads(summary.read_text())

@@ -13,7 +13,7 @@ from selfsup.backbones import build_backbone
 from selfsup.cli import main
 from selfsup.config import load_config
 from selfsup.methods import CPC, get_method
-from selfsup.methods.cpc import cpc_pairs
+from selfsup.methods.cpc import cpc_pairs, turn
 
 MEAN, STD = (0.5,) * 3, (0.25,) * 3
 
@@ -213,8 +213,57 @@ def test_two_simulated_processes_compute_the_single_process_loss(monkeypatch):
         assert math.isclose(loss.item(), expected.item(), rel_tol=1e-5)
 
 
-def test_step_is_deterministic_and_trains_every_parameter():
-    m = _cpc(patch_grayscale=0.3, max_queries=200)
+def test_directions_predict_the_patch_k_steps_down_up_and_to_either_side():
+    """In the turned map of direction r, "k rows below" the query at original position (i, j)
+    is (i + k, j) down, (i - k, j) up, and (i, j -+ k) for the two sides."""
+    n, d, g, k = 1, 1, 5, 2
+    index = torch.arange(g * g, dtype=torch.float32).view(n, d, g, g)  # value = 5 i + j
+    moves = {0: (k, 0), 1: (-k, 0)}
+    seen = set()
+    for r in range(4):
+        turned = turn(index, r)
+        queries, keys = cpc_pairs(turned, turned, k)  # query labelled by its own position
+        step = set()
+        for q, key in zip(queries[:, 0].tolist(), keys[:, 0].tolist(), strict=True):
+            (i, j), (i2, j2) = divmod(int(q), g), divmod(int(key), g)
+            step.add((i2 - i, j2 - j))
+        assert len(step) == 1, step  # one displacement per direction
+        (move,) = step
+        if r in moves:
+            assert move == moves[r]
+        seen.add(move)
+    assert seen == {(k, 0), (-k, 0), (0, k), (0, -k)}
+
+
+def test_each_direction_scores_its_own_targets():
+    """Perfect predictions of the patch k steps away in every direction score accuracy 1; the
+    predictions of one direction placed in another's slot do not."""
+    m = _cpc(prediction_steps=1, max_queries=None, directions=4)
+    z = torch.randn(3, 32, 4, 4, generator=_g())
+    perfect = torch.zeros(3, 4, 32, 4, 4)
+    for r in range(4):
+        perfect[:, r, :, :3] = turn(z, r)[:, :, 1:]  # the patch one step away in direction r
+    _, accuracies, candidates = m.contrast(z, perfect, None)
+    assert [float(a) for a in accuracies] == [1.0] * 4 and candidates == [36] * 4
+    _, accuracies, _ = m.contrast(z, perfect[:, [1, 0, 3, 2]], None)
+    assert max(float(a) for a in accuracies) < 0.5
+
+
+def test_a_one_direction_checkpoint_of_the_earlier_layout_loads():
+    m = _cpc(prediction_steps=2)
+    old = {}
+    for key, value in m.state_dict().items():  # context.0.* -> context.*, predictors.0.s.* ...
+        key = key.replace("context.0.", "context.").replace("predictors.0.", "predictors.")
+        old[key] = value.clone() + 1
+    fresh = _cpc(prediction_steps=2)
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh.context[0].input.weight, m.context[0].input.weight + 1)
+    assert torch.equal(fresh.predictors[0][1].bias, m.predictors[0][1].bias + 1)
+
+
+@pytest.mark.parametrize("directions", [1, 4])
+def test_step_is_deterministic_and_trains_every_parameter(directions):
+    m = _cpc(patch_grayscale=0.3, max_queries=200, directions=directions)
     images = _images(6)
     loss, metrics = m(images, None, _g(1))
     again, _ = m(images, None, _g(1))

@@ -23,6 +23,16 @@ One training step, for a uint8 batch ``(n, C, H, W)``:
    position of every image of the *global* batch (other positions of the same image and all
    positions of other images); the mean over positions, then over ``k``.
 
+**Directions.** van den Oord et al. (2018) predict downwards only; CPC v2 (Hénaff et al.,
+2020) also predicts from the other directions, which its ablation finds helps. With
+``directions`` 2 (down, up) or 4 (down, up, left, right), steps 5-7 are repeated on the
+embedding map turned by 180, 90 and 270 degrees (``torch.rot90``: "rows below" in the turned
+map are rows above, or columns beside, in the image), each direction with its own context
+network and predictors; the loss is the mean over directions and offsets. The encoder's pass
+over the patches, the costly part, is shared, so each direction adds learning signal at the
+cost of a context network (cheap with a small ``context_dim``). Our choice, not the papers':
+one context network per direction, so that none has to infer which way it is predicting.
+
 **Candidates.** Per ``k`` there are ``N (G - k) G`` queries and as many candidates (CIFAR batch
 256, ``k = 1``: 10752), so the logits are ``(N (G - k) G)^2``. ``max_queries`` caps this: a random
 subset of that many positions of the global batch (one draw per ``k`` from the step's
@@ -35,9 +45,9 @@ the update equals the single-process one (the loss itself is computed once per p
 cost next to the encoder's ``n G^2`` patches). Crop, flip and per-patch draws are made for the
 global batch and sliced at ``offset``.
 
-**Representation.** What CPC trains is the encoder's pooled features of a patch. Evaluation,
-as for every method, runs the same backbone on the whole image (its pooled features); the
-patch grid exists only while training.
+**Representation.** What CPC trains is the encoder's pooled features of a patch. Evaluation
+sees a whole image through the same patch grid, the patch features averaged
+(:meth:`CPC.eval_view`, as CPC's own evaluation pools over the grid).
 
 Shapes: a step takes uint8 ``(n, C, H, W)``; the encoder sees ``(n G^2, C, p, p)``.
 """
@@ -73,7 +83,7 @@ from selfsup.losses import info_nce
 from selfsup.methods.base import Method, MethodConfig, StepResult, embedding_spread
 from selfsup.utils.distributed import gather_with_grad
 
-__all__ = ["CPC", "CPCConfig", "RowCausalContext", "cpc_pairs"]
+__all__ = ["CPC", "CPCConfig", "RowCausalContext", "cpc_pairs", "turn"]
 
 
 class CPCConfig(MethodConfig):
@@ -99,6 +109,9 @@ class CPCConfig(MethodConfig):
     pixels with the context's own row; 2 predicts only non-overlapping patches."""
     context_dim: int | None = Field(default=None, gt=0)
     """Channels of the context network; None: the encoder's feature size."""
+    directions: Literal[1, 2, 4] = 1
+    """Prediction directions: 1 downwards (CPC v1), 2 down and up, 4 down, up, left and right
+    (CPC v2), each with its own context network and predictors."""
     context_layers: int = Field(default=2, ge=1)
     """Masked residual blocks in the context network."""
     context_kernel: int = Field(default=3, ge=1)
@@ -167,6 +180,29 @@ class RowCausalContext(nn.Module):
         return F.relu(self.blocks(self.input(z)))
 
 
+TURNS = (0, 2, 1, 3)
+"""Quarter turns of the embedding map for directions 0..3: down, up, and the two sides."""
+
+
+def turn(z: Tensor, direction: int) -> Tensor:
+    """The map ``(N, D, G, G)`` turned so that "rows below" point in ``direction``: ``z`` for
+    0 (down), turned 180 degrees for 1 (up), 90 and 270 degrees for 2 and 3 (the sides)."""
+    return torch.rot90(z, TURNS[direction], dims=(2, 3)) if direction else z
+
+
+def _one_direction_layout(state: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Load-time rename of a checkpoint made before ``directions`` (one context network
+    ``context.*`` and predictors ``predictors.<s>.*``) into direction 0 of the per-direction
+    layout (``context.0.*``, ``predictors.0.<s>.*``)."""
+    for key in [k for k in state if k.startswith(prefix)]:
+        rest = key[len(prefix) :]
+        parts = rest.split(".")
+        if parts[0] == "context" and not parts[1].isdigit():
+            state[f"{prefix}context.0.{'.'.join(parts[1:])}"] = state.pop(key)
+        elif parts[0] == "predictors" and len(parts) == 3:  # predictors.<s>.<weight|bias>
+            state[f"{prefix}predictors.0.{'.'.join(parts[1:])}"] = state.pop(key)
+
+
 def cpc_pairs(z: Tensor, predictions: Tensor, step: int) -> tuple[Tensor, Tensor]:
     """Queries and positive keys of offset ``step``, position-major.
 
@@ -192,7 +228,8 @@ class CPC(Method):
     name = "cpc"
     family = "contrastive"
     description = (
-        "overlapping patch grid, masked-conv context predicts embeddings k rows below; "
+        "overlapping patch grid, masked-conv context predicts embeddings k rows below "
+        "(and above / beside); "
         "InfoNCE against other positions and images"
     )
     Config = CPCConfig
@@ -227,13 +264,18 @@ class CPC(Method):
         if cfg.patch_grayscale > 0:
             self.patch_color.append(RandomGrayscale(cfg.patch_grayscale))
         self.dataset_normalize = Normalize(self.mean, self.std)
-        dim = encoder.feature_dim
-        self.context = RowCausalContext(
-            dim, cfg.context_dim or dim, cfg.context_layers, cfg.context_kernel
+        dim, context_dim = encoder.feature_dim, cfg.context_dim or encoder.feature_dim
+        # per direction (index r, the map turned by TURNS[r] quarter turns): a context network
+        # and one linear predictor per offset
+        self.context = nn.ModuleList(
+            RowCausalContext(dim, context_dim, cfg.context_layers, cfg.context_kernel)
+            for _ in range(cfg.directions)
         )
         self.predictors = nn.ModuleList(
-            [nn.Conv2d(cfg.context_dim or dim, dim, 1) for _ in self.steps]
+            nn.ModuleList(nn.Conv2d(context_dim, dim, 1) for _ in self.steps)
+            for _ in range(cfg.directions)
         )
+        self._register_load_state_dict_pre_hook(_one_direction_layout)
 
     @property
     def steps(self) -> range:
@@ -299,10 +341,15 @@ class CPC(Method):
         return features.view(n, g, g, -1).permute(0, 3, 1, 2)
 
     def predict(self, z: Tensor) -> Tensor:
-        """Context and linear predictions: ``(n, D, G, G)`` -> ``(n, S, D, G, G)`` for the
-        ``S`` offsets in :attr:`steps`; ``[:, s, :, i, j]`` predicts ``z[:, :, i + k_s, j]``."""
-        context = self.context(z)
-        return torch.stack([head(context).float() for head in self.predictors], dim=1)
+        """Context and linear predictions: ``(n, D, G, G)`` -> ``(n, R S, D, G, G)`` for the
+        ``R`` directions and the ``S`` offsets in :attr:`steps`, direction-major:
+        ``[:, r S + s, :, i, j]`` predicts ``turn(z, r)[:, :, i + k_s, j]``
+        (:func:`turn`; direction 0 is ``z`` itself)."""
+        out = []
+        for r, (context_net, heads) in enumerate(zip(self.context, self.predictors, strict=True)):
+            context = context_net(turn(z, r))
+            out.extend(head(context).float() for head in heads)
+        return torch.stack(out, dim=1)
 
     def contrast(
         self, z: Tensor, predictions: Tensor, generator: torch.Generator | None
@@ -310,17 +357,19 @@ class CPC(Method):
         """InfoNCE per offset over the batch given (already gathered, if distributed).
 
         Args:
-            z: ``(N, D, G, G)`` embeddings; predictions: ``(N, S, D, G, G)`` from
+            z: ``(N, D, G, G)`` embeddings; predictions: ``(N, R S, D, G, G)`` from
             :meth:`predict`; generator: for the query subset (``max_queries``).
 
         Returns:
-            ``(loss, accuracies, candidates)``: the mean over offsets of the per-offset mean
-            InfoNCE, and per offset the top-1 accuracy (0-d, no gradient: the true target
-            scores highest among the candidates) and the number of candidates.
+            ``(loss, accuracies, candidates)``: the mean over directions and offsets of the
+            per-offset mean InfoNCE, and per (direction, offset), direction-major, the top-1
+            accuracy (0-d, no gradient: the true target scores highest among the candidates)
+            and the number of candidates.
         """
         losses, accuracies, candidates = [], [], []
-        for s, step in enumerate(self.steps):
-            queries, keys = cpc_pairs(z, predictions[:, s], step)
+        pairs = [(r, step) for r in range(self.cfg.directions) for step in self.steps]
+        for index, (r, step) in enumerate(pairs):
+            queries, keys = cpc_pairs(turn(z, r), predictions[:, index], step)
             keep = self.query_subset(len(queries), generator, queries.device)
             if keep is not None:
                 queries, keys = queries[keep], keys[keep]
@@ -333,6 +382,12 @@ class CPC(Method):
                 accuracies.append(hits.float().mean())
             candidates.append(len(queries))
         return torch.stack(losses).mean(), accuracies, candidates
+
+    def per_offset(self, accuracies: list[Tensor]) -> dict[int, Tensor]:
+        """Accuracies per (direction, offset) from :meth:`contrast` -> per offset ``k``, the
+        mean over directions."""
+        per_direction = torch.stack(accuracies).view(self.cfg.directions, len(self.steps))
+        return dict(zip(self.steps, per_direction.mean(0), strict=True))
 
     # --- training --------------------------------------------------------------------------
     def eval_view(self) -> dict[str, Any]:
@@ -366,7 +421,7 @@ class CPC(Method):
             "prediction_accuracy": torch.stack(accuracies).mean(),
             "embedding_spread": embedding_spread(z.permute(0, 2, 3, 1).flatten(0, 2)),
         }
-        for step, accuracy in zip(self.steps, accuracies, strict=True):
+        for step, accuracy in self.per_offset(accuracies).items():
             metrics[f"prediction_accuracy_k{step}"] = accuracy
         return loss, metrics
 
@@ -387,7 +442,7 @@ class CPC(Method):
             "cpc_loss": float(loss),
             "prediction_accuracy": float(torch.stack(accuracies).mean()),
         }
-        for step, accuracy in zip(self.steps, accuracies, strict=True):
+        for step, accuracy in self.per_offset(accuracies).items():
             out[f"prediction_accuracy_k{step}"] = float(accuracy)
         out["prediction_candidates"] = float(sum(candidates) / len(candidates))
         return out

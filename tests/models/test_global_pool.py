@@ -46,3 +46,24 @@ def test_global_pool_is_refused_for_a_resnet_and_for_an_unknown_value():
         load_encoder("random:resnet_tiny", global_pool="avg")
     with pytest.raises(ValueError, match="'cls' or 'avg'"):
         load_encoder("random:vit_micro", global_pool="max")
+
+
+@pytest.mark.parametrize(
+    ("method", "override", "expected"),
+    [("mae", None, "avg"), ("mae", "cls", "cls"), ("dino", None, "cls")],
+)
+def test_a_method_picks_the_pool_its_vit_encoder_is_read_with(method, override, expected):
+    """MAE's encoder pools the patch-token mean unless the run says otherwise; methods whose
+    loss trains the cls token keep it. Training, encoder.json and loading all agree."""
+    from selfsup.config import load_config
+    from selfsup.models.methods import build_method, method_encoder_meta
+
+    overrides = ["backbone.name=vit_micro", "backbone.patch_size=4"]
+    if override:
+        overrides.append(f"backbone.global_pool={override}")
+    cfg = load_config(method, None, overrides)
+    model = build_method(cfg, 16, 3, None)
+    meta = method_encoder_meta(cfg, model, 3)
+    assert model.encoder.global_pool == expected
+    assert meta["backbone"]["global_pool"] == (override or model.global_pool)  # None: cls
+    assert build_encoder(meta).global_pool == expected

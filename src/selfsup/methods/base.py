@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -110,6 +110,11 @@ class Method(nn.Module):
     channel_groups: ClassVar[tuple[int, ...] | None] = None
     """Consecutive input-channel groups encoded by separate sub-backbones (split-brain: (1, 2)),
     or None for one backbone."""
+    global_pool: ClassVar[Literal["cls", "avg"] | None] = None
+    """How a ViT encoder of this method pools its tokens into the feature when the run leaves
+    ``backbone.global_pool`` unset (recorded in ``encoder.json``, so evaluation, export and
+    fine-tuning read it the same way). None: the backbone's default, the cls token. MAE sets
+    ``avg``: its loss never trains the cls token's output."""
     data_layout: ClassVar[str] = "image"
     """What one training item is (:data:`selfsup.data.sources.LAYOUTS`): ``"image"``, ``"clip"``
     (T stacked RGB frames, ``(N, 3 T, H, W)``) or ``"rgbd"`` (RGB + packed depth, ``(N, 5, H,

@@ -113,6 +113,7 @@ class MAE(Method):
     )
     Config = MAEConfig
     default_augment = "eval"
+    global_pool = "avg"  # frozen features: the patch-token mean (chosen on validation, see docs)
 
     encoder: VisionTransformer
 

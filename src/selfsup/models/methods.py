@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from selfsup.backbones import Backbone
-from selfsup.config import RunConfig, load_config
+from selfsup.config import BackboneConfig, RunConfig, load_config
 from selfsup.data import ImageSource
 from selfsup.methods import Method, get_method, normalization
 from selfsup.models.encoders import LoadedEncoder, encoder_meta, make_encoder
@@ -25,7 +25,7 @@ def build_method(
     into the method's ``channel_groups`` when it has them)."""
     method_cls = get_method(cfg.method)
     encoder = make_encoder(
-        cfg.backbone,
+        method_backbone(cfg),
         image_size=image_size,
         in_channels=method_cls.encoder_channels(in_channels),
         channel_groups=method_cls.channel_groups,
@@ -42,11 +42,21 @@ def build_method(
     )
 
 
+def method_backbone(cfg: RunConfig) -> BackboneConfig:
+    """The run's backbone config with the method's defaults filled in: a ViT whose
+    ``global_pool`` is unset pools as the method's :attr:`~selfsup.methods.Method.global_pool`
+    says (MAE: the patch-token mean), else as the backbone does by default (cls)."""
+    pool = get_method(cfg.method).global_pool
+    if cfg.backbone.global_pool is None and pool and cfg.backbone.name.startswith("vit"):
+        return cfg.backbone.model_copy(update={"global_pool": pool})
+    return cfg.backbone
+
+
 def method_encoder_meta(cfg: RunConfig, method: Method, data_channels: int) -> dict[str, Any]:
     """The ``encoder.json`` meta of ``method``'s encoder (built by :func:`build_method` for
     training images of ``data_channels`` channels)."""
     return encoder_meta(
-        cfg.backbone,
+        method_backbone(cfg),
         image_size=method.image_size,
         in_channels=method.encoder_channels(data_channels),
         normalize=cfg.normalize,

@@ -204,6 +204,12 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 MEASURED = re.compile(r"<!-- measured-row: (\w+) -->.*?(?=\n## |\Z)", re.S)
 
 
+def overrides_flag(r: dict[str, Any]) -> str:
+    """The ``--overrides`` a result row was run with, as command-line text ("" when none)."""
+    overrides = [f"{r['method']}:{o}" for o in r.get("overrides") or []]
+    return " --overrides " + " ".join(overrides) if overrides else ""
+
+
 def measured_line(r: dict[str, Any]) -> str:
     """One result row as a sentence of the docs page's "Measured" paragraph."""
     gain = r["knn_top1"] - r["random_knn_top1"]
@@ -214,6 +220,7 @@ def measured_line(r: dict[str, Any]) -> str:
         f"`python benchmarks/method_quality.py --split test --minutes {r['budget_minutes']:g} "
         f"--threads {r['threads']} --methods {r['method']}"
         + (f" --readout {r['method']}={r['readout']}" if r.get("readout") else "")
+        + overrides_flag(r)
         + f"` (recipe `{r['recipe']}`, "
         f"{r['backbone']}, seed {r['seed']}, {r['images_seen']:,} images in "
         f"{r['train_minutes']:.1f} min, {r['precision']}): CIFAR-10 test kNN@200 "
@@ -277,8 +284,9 @@ def main() -> None:
     p.add_argument("--docs", action="store_true",
                    help="write the measured rows into docs/methods/*.md, stop")  # fmt: skip
     args = p.parse_args()
+    reports = args.table or args.docs  # these read the test rows, whatever --split says
     results = Path(args.out or (
-        "benchmarks/results/method_quality.json" if args.split == "test"
+        "benchmarks/results/method_quality.json" if args.split == "test" or reports
         else "benchmarks/results/method_quality_search.json"))  # fmt: skip
     if args.table:
         print(markdown_table(read_json(results, {"rows": []})["rows"]))

@@ -367,9 +367,10 @@ class CPC(Method):
             and the number of candidates.
         """
         losses, accuracies, candidates = [], [], []
-        pairs = [(r, step) for r in range(self.cfg.directions) for step in self.steps]
-        for index, (r, step) in enumerate(pairs):
-            queries, keys = cpc_pairs(turn(z, r), predictions[:, index], step)
+        turned = [turn(z, r) for r in range(self.cfg.directions)]  # each map turned once
+        pairs = [(zr, step) for zr in turned for step in self.steps]  # direction-major
+        for index, (zr, step) in enumerate(pairs):
+            queries, keys = cpc_pairs(zr, predictions[:, index], step)
             keep = self.query_subset(len(queries), generator, queries.device)
             if keep is not None:
                 queries, keys = queries[keep], keys[keep]

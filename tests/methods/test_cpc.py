@@ -387,3 +387,17 @@ def test_two_process_gloo_run_matches_one_process(tiny_npz, tmp_path):
         "method_args.max_queries=64",
     ])  # fmt: skip
     assert_same_loss_curve(tmp_path)
+
+
+def test_each_direction_predicts_from_its_own_side_only():
+    """Direction 1 (up) reads the map turned 180 degrees: its prediction made at original row
+    i sees rows >= i only, so changing row 0 moves direction 0 everywhere it looks but
+    direction 1 only at the prediction made from row 0 itself (turned row 6)."""
+    m = _cpc(context_layers=2, context_kernel=3, prediction_steps=1, directions=2)
+    z = torch.randn(2, m.encoder.feature_dim, 7, 7)
+    changed = z.clone()
+    changed[:, :, 0] += torch.randn_like(changed[:, :, 0])
+    before, after = m.predict(z), m.predict(changed)  # (n, 2, D, 7, 7), direction-major
+    assert not torch.allclose(after[:, 0, :, 1], before[:, 0, :, 1])  # down: row 1 sees row 0
+    assert torch.equal(after[:, 1, :, :6], before[:, 1, :, :6])  # up: turned rows 0-5 do not
+    assert not torch.allclose(after[:, 1, :, 6], before[:, 1, :, 6])

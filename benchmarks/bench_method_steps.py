@@ -28,8 +28,13 @@ Parts (``--parts``, default all):
   2B views of 32 px in one pass, rotation 4B, jigsaw 9B tiles at tile size, DINO 2B global +
   2B local crops in two passes, MoCo v3 two passes of B, MAE the ViT on the B full images).
   No-grad passes of momentum networks are method cost. Throughput is images (uint8 inputs)
-  per second; ``ratio`` = method images/s / bare images/s. ``--methods name:recipe`` adds
-  other recipes (e.g. ``inpainting:inpainting_adv_cifar10_cpu``).
+  per second; ``ratio`` = method images/s / bare images/s. ``flop_bound`` = bare FLOPs /
+  method FLOPs per step (``FlopCounterMode``, forward + backward, the method's no-grad passes
+  included): the best ``ratio`` the method can reach if its step runs at the bare step's FLOP/s,
+  since its teacher passes, decoders and heads are real work; ``of_flop_bound`` = ratio /
+  flop_bound (1 = no overhead beyond the method's own FLOPs). ``--methods name:recipe`` adds
+  other recipes (e.g. ``inpainting:inpainting_adv_cifar10_cpu``). ``--precision bf16`` runs
+  both sides under bf16 autocast and channels_last (CPUs with native bf16).
 * ``knn``: weighted kNN (k=200, t=0.1, 10 classes) of ``--knn-queries`` queries against a
   ``--knn-bank`` x ``--knn-dim`` bank of random L2-normalised features: selfsup's
   ``evaluate.knn.knn_predict`` (one k) vs lightly's ``utils.benchmarking.knn_predict`` (bank
@@ -98,6 +103,14 @@ NOTES: dict[str, str] = {
 # ----------------------------------------------------------------------------- harness
 
 
+def bf16_run(args: argparse.Namespace, device: torch.device) -> bool:
+    """``--precision``: bf16 autocast + channels_last, or fp32 contiguous (default: bf16 on
+    CUDA, fp32 on CPU)."""
+    if args.precision is None:
+        return device.type == "cuda"
+    return bool(args.precision == "bf16")
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -162,6 +175,8 @@ class MethodBench:
     bare_inputs: list[Tensor] = field(default_factory=list)
     nonfinite_steps: int = 0
     steps_run: int = 0
+    method_flops: int = 0
+    bare_flops: int = 0
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(
@@ -240,6 +255,28 @@ class MethodBench:
             for shape in self.encoder_calls
         ]
 
+    def count_flops(self) -> None:
+        """FLOPs (matmuls and convolutions, forward + backward) of one method step and of one
+        bare step on the first batch; their ratio bounds ``ratio`` from above when the two run
+        at the same FLOP/s (no-grad teacher passes, decoders and heads are in the method's)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        images, labels = self.batches[0]
+        g = torch.Generator(device=self.device).manual_seed(0)
+        with FlopCounterMode(display=False) as method_count:
+            with self.autocast():
+                loss, _ = self.method(images, labels, g, len(images), 0)
+            loss.backward()
+        with FlopCounterMode(display=False) as bare_count:
+            assert self.bare_encoder is not None
+            with self.autocast():
+                total = sum(self.bare_encoder(x).float().sum() for x in self.bare_inputs)
+            total.backward()  # type: ignore[union-attr]
+        self.method.zero_grad(set_to_none=True)
+        self.bare_encoder.zero_grad(set_to_none=True)
+        self.method_flops = int(method_count.get_total_flops())
+        self.bare_flops = int(bare_count.get_total_flops())
+
     def baseline_shapes(self) -> str:
         n = len(self.batches[0][0])
         total = sum(s[0] for s in self.encoder_calls)
@@ -264,22 +301,22 @@ def build_bench(
     from selfsup.train.schedule import LRSchedule
 
     B = args.batch_size
-    cuda = device.type == "cuda"
+    bf16 = bf16_run(args, device)
     overrides = [
         f"train.batch_size={B}",
-        f"train.precision={'bf16' if cuda else 'fp32'}",
-        f"train.channels_last={'true' if cuda else 'false'}",
+        f"train.precision={'bf16' if bf16 else 'fp32'}",
+        f"train.channels_last={'true' if bf16 else 'false'}",
     ]
     base = load_config(name, recipe, [])
-    if args.width is not None and base.backbone.name.startswith("resnet"):
+    if args.width is not None and base.backbone.is_resnet:
         width = args.width / 2 if name == "split_brain" else args.width
         overrides.append(f"backbone.width={width}")
     cfg = load_config(name, recipe, overrides)
     torch.manual_seed(cfg.seed)
     method = build_method(cfg, IMAGE_SIZE, 3, NUM_CLASSES)
     method.check_global_batch(B)
-    memory_format = torch.channels_last if cuda else torch.contiguous_format
-    if cuda:
+    memory_format = torch.channels_last if bf16 else torch.contiguous_format
+    if bf16:
         method = method.to(memory_format=torch.channels_last)
         method.memory_format = torch.channels_last
     method = method.to(device).train()
@@ -288,7 +325,7 @@ def build_bench(
     total_steps = math.ceil(cfg.train.epochs * steps_per_epoch)
     if cfg.train.max_steps is not None:
         total_steps = min(total_steps, cfg.train.max_steps)
-    amp = torch.bfloat16 if cuda else None
+    amp = torch.bfloat16 if bf16 else None
     train_step = TrainStep(  # before on_train_start, as the Trainer builds it
         method=method,
         forward=method,
@@ -323,6 +360,7 @@ def build_bench(
         train_step=train_step,
     )
     bench.build_bare(memory_format)
+    bench.count_flops()
     return bench
 
 
@@ -331,7 +369,7 @@ def describe(bench: MethodBench) -> dict[str, Any]:
     return {
         "recipe": bench.recipe,
         "backbone": bcfg.name,
-        "width": bcfg.width if bcfg.name.startswith("resnet") else None,
+        "width": bcfg.width if bcfg.is_resnet else None,
         "encoder_in_channels": int(getattr(bench.method.encoder, "in_channels", 0)),
         "feature_dim": int(bench.method.encoder.feature_dim),
         "optimizer": bench.cfg.train.optimizer.name,
@@ -401,6 +439,12 @@ def run_steps(
             "bare": _rename(r),
             "ratio_best": m["per_s_best"] / r["per_s_best"],
             "ratio_median": m["per_s_median"] / r["per_s_median"],
+            "method_flops_per_step": b.method_flops,
+            "bare_flops_per_step": b.bare_flops,
+            "flop_bound": b.bare_flops / b.method_flops,
+            "of_flop_bound_median": m["per_s_median"]
+            / r["per_s_median"]
+            / (b.bare_flops / b.method_flops),
             "nonfinite_steps": b.nonfinite_steps,
         }
     return {"methods": rows, "failed": failed}
@@ -417,9 +461,10 @@ def print_steps(res: dict[str, Any], args: argparse.Namespace) -> None:
     )
     print(
         "| method | backbone | optimizer | bare inputs per step | method img/s (best / median) "
-        "| bare img/s (best / median) | method / bare (best / median) |"
+        "| bare img/s (best / median) | method / bare (best / median) "
+        "| FLOP bound (bare / method GFLOP) | of bound (median) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in res["methods"].items():
         bb = r["backbone"] + (f" w{r['width']:g}" if r["width"] is not None else "")
         shapes = r["baseline_inputs"].split(":")[1].strip()
@@ -429,10 +474,12 @@ def print_steps(res: dict[str, Any], args: argparse.Namespace) -> None:
             f"| {name}{flag} | {bb} c{r['encoder_in_channels']} | {r['optimizer']} | {shapes} "
             f"| {m['images_per_s_best']:.1f} / {m['images_per_s_median']:.1f} "
             f"| {b['images_per_s_best']:.1f} / {b['images_per_s_median']:.1f} "
-            f"| {r['ratio_best']:.3f} / {r['ratio_median']:.3f} |"
+            f"| {r['ratio_best']:.3f} / {r['ratio_median']:.3f} "
+            f"| {r['flop_bound']:.3f} ({r['bare_flops_per_step'] / 1e9:.1f} / "
+            f"{r['method_flops_per_step'] / 1e9:.1f}) | {r['of_flop_bound_median']:.2f} |"
         )
     for name, why in res["failed"].items():
-        print(f"| {name} | failed: {why} | | | | | |")
+        print(f"| {name} | failed: {why} | | | | | | | |")
 
 
 # ----------------------------------------------------------------------------- part 2: kNN
@@ -585,14 +632,15 @@ def run_flops(
     m.encoder.train()
 
     cuda = device.type == "cuda"
+    bf16 = bf16_run(args, device)
     n = args.gemm_size or (8192 if cuda else 2048)
-    dtype = torch.bfloat16 if cuda else torch.float32
+    dtype = torch.bfloat16 if bf16 else torch.float32
     a = torch.randn(n, n, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     b = torch.randn(n, n, generator=torch.Generator().manual_seed(1)).to(device, dtype)
     gemm_out: list[Tensor] = []
 
     def gemm(_: int) -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             gemm_out[:] = [a @ b]
 
     gemm_reps = args.gemm_reps
@@ -612,10 +660,10 @@ def run_flops(
             "step": f"SimCLR training step ({bench.cfg.backbone.name} width "
             f"{bench.cfg.backbone.width}, batch {args.batch_size} images = "
             f"{2 * args.batch_size} views of {IMAGE_SIZE} px, "
-            f"{'bf16 autocast, channels_last' if cuda else 'fp32'}); FLOPs of forward + "
+            f"{'bf16 autocast, channels_last' if bf16 else 'fp32'}); FLOPs of forward + "
             "backward, timed as the whole Trainer step (augmentation, optimizer, hooks)",
             "gemm": f"{n}x{n} @ {n}x{n} {str(dtype).replace('torch.', '')}"
-            + (" (bf16 autocast)" if cuda else ""),
+            + (" (bf16 autocast)" if bf16 else ""),
             "timed_steps": args.steps,
             "gemm_reps_per_round": gemm_reps,
         },
@@ -681,6 +729,10 @@ def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
         "machine": platform.machine(),
     }
+    if device.type == "cpu":
+        from selfsup.utils.precision import cpu_info
+
+        info["cpu_flags"] = cpu_info()
     try:
         import lightly
 
@@ -698,6 +750,9 @@ def main() -> None:
                     help="method names, or name:recipe (default: every registered method, "
                     "each with its <name>_cifar10_cpu recipe)")  # fmt: skip
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+                    help="bf16: autocast + channels_last (default on CUDA); fp32: contiguous "
+                    "(default on CPU; use bf16 only where the CPU has native bf16)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=4, help="timed steps per contender and round")
@@ -732,7 +787,7 @@ def main() -> None:
         "machine": machine_info(device, args.threads),
         "settings": {
             "device": args.device,
-            "precision": "bf16 autocast + channels_last" if device.type == "cuda" else "fp32",
+            "precision": "bf16 autocast + channels_last" if bf16_run(args, device) else "fp32",
             "batch_size_images": args.batch_size,
             "width": args.width,
             "warmup_steps": args.warmup,

@@ -106,15 +106,24 @@ class BackboneConfig(Section):
     pretrained: bool = False
     """torchvision/timm backbones only: start from the library's published weights."""
 
+    @property
+    def is_vit(self) -> bool:
+        """One of selfsup's own ViTs (``vit_*``: patch size, position embedding, pooling)."""
+        return self.name.startswith("vit")
+
+    @property
+    def is_resnet(self) -> bool:
+        """One of selfsup's own ResNets (``resnet*``: stem, width)."""
+        return self.name.startswith("resnet")
+
     def build_kwargs(self, image_size: int, in_channels: int) -> dict[str, Any]:
         """Keyword arguments for :func:`selfsup.backbones.build_backbone` of this family."""
-        name = self.name
-        if name.startswith(("torchvision:", "timm:")):
+        if self.name.startswith(("torchvision:", "timm:")):
             adapter: dict[str, Any] = {"in_channels": in_channels}
             return {**adapter, "pretrained": True} if self.pretrained else adapter
-        if name.startswith("resnet"):
+        if self.is_resnet:
             kwargs: dict[str, Any] = {"stem": self.stem, "width": self.width}
-        elif name.startswith("vit"):
+        elif self.is_vit:
             kwargs = {
                 "image_size": image_size,
                 "patch_size": self.patch_size,

@@ -23,6 +23,7 @@ from selfsup.methods.colorization import (
     soft_encode,
     soft_encode_dense,
 )
+from selfsup.methods.lab_pretext import _SoftCrossEntropy, top1_hits
 
 MEAN, STD = (0.5,) * 3, (0.25,) * 3
 
@@ -309,3 +310,34 @@ def test_recipes_load(recipe):
     cfg = load_config("colorization", recipe)
     assert cfg.method == "colorization" and get_method(cfg.method) is Colorization
     assert cfg.method_config().mode == "classification"
+
+
+@pytest.mark.parametrize("with_pixel_weights", [False, True])
+def test_fused_soft_cross_entropy_matches_log_softmax_in_value_and_gradient(with_pixel_weights):
+    """The fused loss equals the textbook ``-Σ w log_softmax[idx]`` (value and gradient), also
+    for weights that do not sum to 1 and repeated bins, in float64."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 4, 5, generator=g, dtype=torch.float64) * 3
+    idx = torch.randint(0, 7, (3, 3, 4, 5), generator=g)
+    w = torch.rand(3, 3, 4, 5, generator=g, dtype=torch.float64)
+    pixel = torch.rand(3, 4, 5, generator=g, dtype=torch.float64) if with_pixel_weights else None
+    a = logits.clone().requires_grad_(True)
+    b = logits.clone().requires_grad_(True)
+    reference = -(torch.log_softmax(b, 1).gather(1, idx) * w).sum(1)
+    reference = (reference * pixel if pixel is not None else reference).mean()
+    reference.backward()
+    fused = _SoftCrossEntropy.apply(a, idx, w)
+    fused = (fused * pixel if pixel is not None else fused).mean()
+    fused.backward()
+    assert torch.allclose(fused, reference, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+    x = logits.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: _SoftCrossEntropy.apply(x, idx, w), (x,))
+
+
+def test_top1_hits_agrees_with_argmax_without_ties():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 9, 6, 6, generator=g)
+    idx = torch.randint(0, 9, (4, 6, 6), generator=g)
+    idx[0] = logits[0].argmax(0)  # some hits for sure
+    assert torch.equal(top1_hits(logits, idx), logits.argmax(1) == idx)

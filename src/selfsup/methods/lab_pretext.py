@@ -12,7 +12,7 @@ import contextlib
 import functools
 import math
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -169,6 +169,30 @@ def soft_encode_dense(values: Tensor, centers: Tensor, k: int = 5, sigma: float 
     return out.scatter_(1, idx, w)
 
 
+class _SoftCrossEntropy(torch.autograd.Function):
+    """Per-pixel ``-Σ_j w_j log softmax(x)[idx_j] = (Σ_j w_j) lse(x) - Σ_j w_j x[idx_j]`` over
+    dim 1, fused: one pass makes the softmax and the log-sum-exp, and the backward is
+    ``((Σ_j w_j) softmax(x) - scatter(w)) * grad``. About half the time of ``log_softmax`` +
+    ``gather`` and their autograd on a (128, 261, 16, 16) CPU batch."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, idx: Tensor, weights: Tensor) -> Tensor:  # type: ignore[override]
+        top = logits.amax(1, keepdim=True)
+        probs = (logits - top).exp_()
+        total = probs.sum(1, keepdim=True)
+        lse = (total.log() + top).squeeze(1)
+        mass = weights.sum(1, keepdim=True)
+        ce = lse * mass.squeeze(1) - (logits.gather(1, idx) * weights).sum(1)
+        ctx.save_for_backward(probs.div_(total).mul_(mass), idx, weights)
+        return ce
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        probs, idx, weights = ctx.saved_tensors
+        grad_logits = probs.scatter_add(1, idx, -weights) * grad.unsqueeze(1)
+        return grad_logits, None, None
+
+
 @full_precision
 def soft_cross_entropy(
     logits: Tensor, idx: Tensor, weights: Tensor, pixel_weights: Tensor | None = None
@@ -184,11 +208,17 @@ def soft_cross_entropy(
         0-d tensor (the mean over N * H * W pixels, not normalised by the weights, as in
         Zhang et al.).
     """
-    logp = F.log_softmax(logits.float(), dim=1)
-    ce = -(logp.gather(1, idx) * weights).sum(1)
+    ce = _SoftCrossEntropy.apply(logits.float(), idx, weights)
     if pixel_weights is not None:
         ce = ce * pixel_weights
     return ce.mean()
+
+
+def top1_hits(logits: Tensor, idx: Tensor) -> Tensor:
+    """(N, H, W) bool: where the bin ``idx`` (N, H, W) has the highest logit of (N, Q, H, W)
+    (a tie with another bin counts as a hit). Several times faster than ``argmax(1) == idx``
+    on CPU, where the arg-max along the strided channel dim is slow."""
+    return logits.gather(1, idx.unsqueeze(1)).squeeze(1) >= logits.amax(1)
 
 
 def rebalance_weights(prior: Tensor, mix: float = 0.5) -> Tensor:
@@ -337,7 +367,7 @@ class SoftBins(nn.Module):
     def loss(self, logits: Tensor, values: Tensor, update_prior: bool) -> tuple[Tensor, Tensor]:
         """Soft cross-entropy of logits (N, Q, H, W) against values (N, D, H, W); the prior is
         updated first when ``update_prior`` (training). Returns ``(loss, bin_accuracy)``, the
-        latter the share of pixels whose arg-max is the nearest bin."""
+        latter the share of pixels whose nearest bin has the highest logit."""
         with torch.no_grad():
             idx, w = self.encode(values)
             pixel_weights = None
@@ -345,7 +375,7 @@ class SoftBins(nn.Module):
                 if update_prior:
                     self.update_prior(idx, w)
                 pixel_weights = self.class_weights()[idx[:, 0]]
-            accuracy = (logits.detach().argmax(1) == idx[:, 0]).float().mean()
+            accuracy = top1_hits(logits.detach(), idx[:, 0]).float().mean()
         return soft_cross_entropy(logits, idx, w, pixel_weights), accuracy
 
     def decode(self, logits: Tensor) -> Tensor:

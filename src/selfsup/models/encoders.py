@@ -229,7 +229,7 @@ def _with_global_pool(meta: dict[str, Any], global_pool: str | None, spec: str) 
     if global_pool is None:
         return meta
     backbone = dict(meta["backbone"])
-    if not str(backbone.get("name", "")).startswith("vit"):
+    if not BackboneConfig(name=str(backbone.get("name", ""))).is_vit:
         raise ValueError(
             f"{spec}: global_pool applies to ViT encoders, not {backbone.get('name')!r}"
         )

@@ -47,7 +47,7 @@ def method_backbone(cfg: RunConfig) -> BackboneConfig:
     ``global_pool`` is unset pools as the method's :attr:`~selfsup.methods.Method.global_pool`
     says (MAE: the patch-token mean), else as the backbone does by default (cls)."""
     pool = get_method(cfg.method).global_pool
-    if cfg.backbone.global_pool is None and pool and cfg.backbone.name.startswith("vit"):
+    if cfg.backbone.global_pool is None and pool and cfg.backbone.is_vit:
         return cfg.backbone.model_copy(update={"global_pool": pool})
     return cfg.backbone
 

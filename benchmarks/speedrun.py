@@ -77,6 +77,13 @@ def search(args: argparse.Namespace) -> None:
 def final(args: argparse.Namespace) -> None:
     path = RESULTS / "speedrun.json"
     data = _load(path)
+    if args.supersede:  # a new recipe: earlier finals of these budgets move to "superseded"
+        old = [r for r in data["rows"] if r["minutes"] in args.minutes]
+        for r in old:
+            r["superseded_because"] = args.supersede
+        data.setdefault("superseded", []).extend(old)
+        data["rows"] = [r for r in data["rows"] if r["minutes"] not in args.minutes]
+        _save(path, data)
     for minutes in args.minutes:
         for seed in args.seeds:
             name = f"{minutes:g}min_s{seed}"
@@ -126,6 +133,9 @@ def main() -> None:
     f.add_argument("--minutes", type=float, nargs="+", default=[5, 15, 30])
     f.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     f.add_argument("--linear", action="store_true")
+    f.add_argument("--supersede", metavar="WHY",
+                   help="the budgets' recipe changed: move their earlier finals to "
+                   "'superseded' (with WHY) and run them again")  # fmt: skip
     f.add_argument("--runs", default="benchmarks/runs/speedrun")
     args = p.parse_args()
     search(args) if args.mode == "search" else final(args)

@@ -22,12 +22,14 @@ Run alone on an idle machine: the budget is wall-clock time.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+from selfsup.config import read_yaml, resolve_recipe
 from selfsup.speedrun import run_speedrun, speedrun_recipe
 
 HOLDOUT = 5000
@@ -74,6 +76,20 @@ def search(args: argparse.Namespace) -> None:
     print(json.dumps(row))
 
 
+def recipe_digest(minutes: float) -> str:
+    """First 12 hex digits of the SHA-256 of the budget's recipe *content* (the parsed YAML,
+    keys sorted): a comment edit keeps it, any changed value changes it."""
+    content = read_yaml(resolve_recipe(speedrun_recipe(minutes)))
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def stale_rows(rows: list[dict[str, Any]], minutes: float, digest: str) -> list[str]:
+    """Names of the finals of budget ``minutes`` not run with the recipe of ``digest`` (or
+    with no digest recorded): they must not be summarised with new runs."""
+    return [r["name"] for r in rows
+            if r["minutes"] == minutes and r.get("recipe_digest") != digest]  # fmt: skip
+
+
 def final(args: argparse.Namespace) -> None:
     path = RESULTS / "speedrun.json"
     data = _load(path)
@@ -85,6 +101,10 @@ def final(args: argparse.Namespace) -> None:
         data["rows"] = [r for r in data["rows"] if r["minutes"] not in args.minutes]
         _save(path, data)
     for minutes in args.minutes:
+        digest = recipe_digest(minutes)
+        if stale := stale_rows(data["rows"], minutes, digest):
+            raise SystemExit(f"{path}: {stale} ran with another {speedrun_recipe(minutes)} "
+                             f"than today's ({digest}): rerun with --supersede WHY")  # fmt: skip
         for seed in args.seeds:
             name = f"{minutes:g}min_s{seed}"
             if any(r["name"] == name for r in data["rows"]):
@@ -92,7 +112,8 @@ def final(args: argparse.Namespace) -> None:
                 continue
             out = Path(args.runs) / f"final_{name}"
             record = run_speedrun(minutes, out, seed=seed, linear=args.linear)
-            data["rows"].append({"name": name, "minutes": minutes, **_fields(record)})
+            data["rows"].append({"name": name, "minutes": minutes, "recipe_digest": digest,
+                                 **_fields(record)})  # fmt: skip
             data["machine"] = {"cpu": record["cpu"], "torch": record["torch"]}
             data["summary"] = summarize(data["rows"])
             _save(path, data)

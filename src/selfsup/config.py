@@ -89,6 +89,16 @@ class EvalDataConfig(Section):
     test_subset: int | None = Field(default=None, gt=0)
 
 
+def is_vit_name(name: str) -> bool:
+    """Whether a backbone name is one of selfsup's own ViTs (``vit_*``)."""
+    return name.startswith("vit")
+
+
+def is_resnet_name(name: str) -> bool:
+    """Whether a backbone name is one of selfsup's own ResNets (``resnet*``)."""
+    return name.startswith("resnet")
+
+
 class BackboneConfig(Section):
     """The encoder. Options left unset (None) take the backbone's own defaults."""
 
@@ -109,12 +119,12 @@ class BackboneConfig(Section):
     @property
     def is_vit(self) -> bool:
         """One of selfsup's own ViTs (``vit_*``: patch size, position embedding, pooling)."""
-        return self.name.startswith("vit")
+        return is_vit_name(self.name)
 
     @property
     def is_resnet(self) -> bool:
         """One of selfsup's own ResNets (``resnet*``: stem, width)."""
-        return self.name.startswith("resnet")
+        return is_resnet_name(self.name)
 
     def build_kwargs(self, image_size: int, in_channels: int) -> dict[str, Any]:
         """Keyword arguments for :func:`selfsup.backbones.build_backbone` of this family."""

@@ -84,6 +84,24 @@ def test_simclr_positive_retrieval_metric():
     assert 0.0 <= a < 1.0
 
 
+def test_simclr_crop_scale_sets_the_views_crop_and_survives_resizing():
+    from selfsup.augment.transforms import RandomResizedCrop
+
+    def crop_scales(m: SimCLR) -> list[tuple[float, float]]:
+        return [t.scale for t in m.pipeline.transforms if isinstance(t, RandomResizedCrop)]
+
+    kw = dict(image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3)
+    default = SimCLR(build_backbone("resnet_tiny"), SimCLR.Config(), **kw)
+    assert crop_scales(default) == [(0.08, 1.0)]
+    m = SimCLR(build_backbone("resnet_tiny"), SimCLR.Config(crop_scale=(0.3, 1.0)), **kw)
+    assert crop_scales(m) == [(0.3, 1.0)]
+    m.set_view_size(8)  # progressive resizing swaps the crop's size, not its area range
+    assert crop_scales(m) == [(0.3, 1.0)]
+    x = m.views(torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8),
+                torch.Generator().manual_seed(0), None, 0)  # fmt: skip
+    assert x.shape == (4, 3, 8, 8)
+
+
 def test_simclr_multicrop_loss_is_multiview_nt_xent_over_global_and_local_crops():
     from selfsup.losses import multiview_nt_xent
 

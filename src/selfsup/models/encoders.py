@@ -28,7 +28,7 @@ from torch import nn
 
 from selfsup.backbones import Backbone, build_backbone
 from selfsup.backbones.patch_grid import PatchGridEncoder
-from selfsup.config import BackboneConfig
+from selfsup.config import BackboneConfig, is_vit_name
 from selfsup.utils.io import file_digest, latest_checkpoint, load_safetensors
 
 
@@ -229,7 +229,7 @@ def _with_global_pool(meta: dict[str, Any], global_pool: str | None, spec: str) 
     if global_pool is None:
         return meta
     backbone = dict(meta["backbone"])
-    if not BackboneConfig(name=str(backbone.get("name", ""))).is_vit:
+    if not is_vit_name(str(backbone.get("name", ""))):
         raise ValueError(
             f"{spec}: global_pool applies to ViT encoders, not {backbone.get('name')!r}"
         )

@@ -1,0 +1,44 @@
+"""benchmarks/speedrun.py keeps finals of different recipes apart: every final row records the
+digest of its recipe's content, and a budget whose rows ran another recipe is refused until
+``--supersede`` moves them away."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+bench = pytest.importorskip("speedrun")
+
+
+def test_recipe_digest_follows_content_not_comments(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    recipe = tmp_path / "r.yaml"
+    monkeypatch.setattr(bench, "resolve_recipe", lambda name: recipe)
+    recipe.write_text("method: simclr\ntrain:\n  batch_size: 256\n")
+    first = bench.recipe_digest(5)
+    recipe.write_text("# a comment\nmethod: simclr\ntrain: {batch_size: 256}\n")
+    assert bench.recipe_digest(5) == first
+    recipe.write_text("method: simclr\ntrain:\n  batch_size: 128\n")
+    assert bench.recipe_digest(5) != first
+
+
+def test_stale_rows_are_other_digests_or_none_of_that_budget() -> None:
+    rows = [{"name": "5min_s0", "minutes": 5, "recipe_digest": "aaa"},
+            {"name": "5min_s1", "minutes": 5, "recipe_digest": "bbb"},
+            {"name": "5min_s2", "minutes": 5},
+            {"name": "15min_s0", "minutes": 15, "recipe_digest": "bbb"}]  # fmt: skip
+    assert bench.stale_rows(rows, 5, "aaa") == ["5min_s1", "5min_s2"]
+    assert bench.stale_rows(rows, 15, "bbb") == []
+    assert bench.stale_rows(rows, 30, "aaa") == []
+
+
+def test_shipped_speedrun_rows_match_the_shipped_recipes() -> None:
+    """The committed finals were run with today's recipes (else BENCHMARKS quotes stale rows)."""
+    import json
+
+    data = json.loads((ROOT / "benchmarks/results/speedrun.json").read_text())
+    for minutes in sorted({r["minutes"] for r in data["rows"]}):
+        assert bench.stale_rows(data["rows"], minutes, bench.recipe_digest(minutes)) == []

@@ -326,13 +326,14 @@ def test_fused_soft_cross_entropy_matches_log_softmax_in_value_and_gradient(with
     reference = -(torch.log_softmax(b, 1).gather(1, idx) * w).sum(1)
     reference = (reference * pixel if pixel is not None else reference).mean()
     reference.backward()
-    fused = _SoftCrossEntropy.apply(a, idx, w)
+    fused, hits = _SoftCrossEntropy.apply(a, idx, w)
+    assert torch.equal(hits, top1_hits(logits, idx[:, 0])) and not hits.requires_grad
     fused = (fused * pixel if pixel is not None else fused).mean()
     fused.backward()
     assert torch.allclose(fused, reference, rtol=1e-12, atol=1e-12)
     assert torch.allclose(a.grad, b.grad, rtol=1e-10, atol=1e-12)
     x = logits.clone().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x: _SoftCrossEntropy.apply(x, idx, w), (x,))
+    assert torch.autograd.gradcheck(lambda x: _SoftCrossEntropy.apply(x, idx, w)[0], (x,))
 
 
 def test_top1_hits_agrees_with_argmax_without_ties():
@@ -341,3 +342,10 @@ def test_top1_hits_agrees_with_argmax_without_ties():
     idx = torch.randint(0, 9, (4, 6, 6), generator=g)
     idx[0] = logits[0].argmax(0)  # some hits for sure
     assert torch.equal(top1_hits(logits, idx), logits.argmax(1) == idx)
+
+
+def test_top1_hits_counts_a_tie_for_the_top_as_a_hit():
+    logits = torch.tensor([[2.0, 2.0, 1.0], [0.0, 3.0, 3.0]]).view(2, 3, 1, 1)
+    idx = torch.tensor([1, 1]).view(2, 1, 1)  # bin 1 ties for the top in both pixels
+    assert top1_hits(logits, idx).view(-1).tolist() == [True, True]
+    assert top1_hits(logits, torch.tensor([2, 0]).view(2, 1, 1)).view(-1).tolist() == [False, False]

@@ -84,16 +84,18 @@ def test_simclr_positive_retrieval_metric():
     assert 0.0 <= a < 1.0
 
 
-def test_simclr_crop_scale_sets_the_views_crop_and_survives_resizing():
+@pytest.mark.parametrize("name", ["simclr", "barlow_twins", "vicreg"])
+def test_crop_scale_sets_the_views_crop_and_survives_resizing(name):
     from selfsup.augment.transforms import RandomResizedCrop
 
-    def crop_scales(m: SimCLR) -> list[tuple[float, float]]:
+    def crop_scales(m) -> list[tuple[float, float]]:  # type: ignore[no-untyped-def]
         return [t.scale for t in m.pipeline.transforms if isinstance(t, RandomResizedCrop)]
 
+    cls = get_method(name)
     kw = dict(image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3)
-    default = SimCLR(build_backbone("resnet_tiny"), SimCLR.Config(), **kw)
+    default = cls(build_backbone("resnet_tiny"), cls.Config(), **kw)
     assert crop_scales(default) == [(0.08, 1.0)]
-    m = SimCLR(build_backbone("resnet_tiny"), SimCLR.Config(crop_scale=(0.3, 1.0)), **kw)
+    m = cls(build_backbone("resnet_tiny"), cls.Config(crop_scale=(0.3, 1.0)), **kw)
     assert crop_scales(m) == [(0.3, 1.0)]
     m.set_view_size(8)  # progressive resizing swaps the crop's size, not its area range
     assert crop_scales(m) == [(0.3, 1.0)]

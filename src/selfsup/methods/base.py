@@ -284,18 +284,24 @@ class ProjectorConfig(MethodConfig):
     proj_hidden_dim: int = Field(default=2048, gt=0)
     proj_out_dim: int = Field(default=128, gt=0)
     proj_layers: int = Field(default=2, ge=1)
+    crop_scale: tuple[float, float] | None = None
+    """Area range of the two views' random crop; None keeps the pipeline's own (0.08-1 for
+    the SimCLR presets). Progressive resizing keeps it."""
 
 
 class ProjectorMethod(PositiveRetrieval, Method):
     """A two-view method whose ``projector`` is ``ProjectionHead(feature_dim, proj_hidden_dim,
     proj_out_dim, proj_layers)``, (N, D) -> (N, proj_out_dim): SimCLR, Barlow Twins, VICReg.
-    Its pretext metric is :class:`PositiveRetrieval`'s."""
+    ``crop_scale`` narrows its views' crop area. Its pretext metric is
+    :class:`PositiveRetrieval`'s."""
 
     default_augment = "simclr_cifar"
     cfg: ProjectorConfig
 
     def __init__(self, encoder: Backbone, cfg: ProjectorConfig, **kwargs: Any) -> None:
         super().__init__(encoder, cfg, **kwargs)
+        if cfg.crop_scale is not None:
+            self.pipeline = recrop_pipeline(self.pipeline, self.image_size, cfg.crop_scale)
         self.projector = ProjectionHead(
             encoder.feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim, cfg.proj_layers
         )

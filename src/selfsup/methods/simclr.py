@@ -26,9 +26,6 @@ from selfsup.utils.distributed import gather_with_grad
 
 class SimCLRConfig(ProjectorConfig):
     temperature: float = Field(default=0.5, gt=0)
-    crop_scale: tuple[float, float] | None = None
-    """Area range of the two views' random crop; None keeps the pipeline's own (0.08-1 for
-    the SimCLR presets). Progressive resizing keeps it."""
     num_local_crops: int = Field(default=0, ge=0)
     """Extra small crops per image (multi-crop); 0 = the paper's two views."""
     local_crop_size: int | None = Field(default=None, gt=0)
@@ -48,8 +45,6 @@ class SimCLR(ProjectorMethod):
 
     def __init__(self, encoder: Backbone, cfg: SimCLRConfig, **kwargs: object) -> None:
         super().__init__(encoder, cfg, **kwargs)
-        if cfg.crop_scale is not None:
-            self.pipeline = recrop_pipeline(self.pipeline, self.image_size, cfg.crop_scale)
         local_size = cfg.local_crop_size or max(1, self.image_size // 2)
         self.local_pipeline = (
             recrop_pipeline(self.pipeline, local_size, cfg.local_crop_scale)

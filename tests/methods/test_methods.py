@@ -95,6 +95,9 @@ def test_crop_scale_sets_the_views_crop_and_survives_resizing(name):
     kw = dict(image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3)
     default = cls(build_backbone("resnet_tiny"), cls.Config(), **kw)
     assert crop_scales(default) == [(0.08, 1.0)]
+    for bad in [(0.0, 1.0), (0.5, 0.2), (0.2, 1.5)]:
+        with pytest.raises(ValueError, match="crop_scale"):
+            cls.Config(crop_scale=bad)
     m = cls(build_backbone("resnet_tiny"), cls.Config(crop_scale=(0.3, 1.0)), **kw)
     assert crop_scales(m) == [(0.3, 1.0)]
     m.set_view_size(8)  # progressive resizing swaps the crop's size, not its area range

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
 from selfsup.augment import build_pipeline, recrop_pipeline
@@ -287,6 +287,13 @@ class ProjectorConfig(MethodConfig):
     crop_scale: tuple[float, float] | None = None
     """Area range of the two views' random crop; None keeps the pipeline's own (0.08-1 for
     the SimCLR presets). Progressive resizing keeps it."""
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _check_crop_scale(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0.0 < value[0] <= value[1] <= 1.0:
+            raise ValueError(f"must be (min, max) areas with 0 < min <= max <= 1, got {value}")
+        return value
 
 
 class ProjectorMethod(PositiveRetrieval, Method):

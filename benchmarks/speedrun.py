@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from selfsup.config import read_yaml, resolve_recipe
+from selfsup.config import load_config, resolve_recipe
 from selfsup.speedrun import run_speedrun, speedrun_recipe
 
 HOLDOUT = 5000
@@ -77,9 +77,14 @@ def search(args: argparse.Namespace) -> None:
 
 
 def recipe_digest(minutes: float) -> str:
-    """First 12 hex digits of the SHA-256 of the budget's recipe *content* (the parsed YAML,
-    keys sorted): a comment edit keeps it, any changed value changes it."""
-    content = read_yaml(resolve_recipe(speedrun_recipe(minutes)))
+    """First 12 hex digits of the SHA-256 of the budget's recipe as the trainer *resolves* it:
+    the whole :class:`~selfsup.config.RunConfig` with every code default filled in, its
+    ``method_args`` expanded to the method's full config. A comment edit keeps it; a changed
+    value in the YAML, or a changed default the recipe relies on (say the projector's depth),
+    changes it."""
+    cfg = load_config(None, str(resolve_recipe(speedrun_recipe(minutes))))
+    content = {**cfg.model_dump(mode="json"),
+               "method_args": cfg.method_config().model_dump(mode="json")}  # fmt: skip
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -14,14 +14,21 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 bench = pytest.importorskip("speedrun")
 
 
-def test_recipe_digest_follows_content_not_comments(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_recipe_digest_follows_the_resolved_config(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     recipe = tmp_path / "r.yaml"
     monkeypatch.setattr(bench, "resolve_recipe", lambda name: recipe)
     recipe.write_text("method: simclr\ntrain:\n  batch_size: 256\n")
     first = bench.recipe_digest(5)
     recipe.write_text("# a comment\nmethod: simclr\ntrain: {batch_size: 256}\n")
     assert bench.recipe_digest(5) == first
+    # stating a default the recipe relied on resolves to the same run (the text differs)
+    recipe.write_text("method: simclr\ntrain: {batch_size: 256}\nmethod_args: {proj_layers: 2}\n")
+    assert bench.recipe_digest(5) == first
+    # a value the trainer would see differently changes it, in the recipe's sections or in
+    # the method's own config
     recipe.write_text("method: simclr\ntrain:\n  batch_size: 128\n")
+    assert bench.recipe_digest(5) != first
+    recipe.write_text("method: simclr\ntrain: {batch_size: 256}\nmethod_args: {proj_layers: 3}\n")
     assert bench.recipe_digest(5) != first
 
 

@@ -24,6 +24,9 @@ contender (both libraries' models), as a user of either would.
   ``NTXentLoss``, SGD. Fresh loader per round (pipeline fill included).
 * ``lightly_main_1thread``: the same with 1 torch thread in the main process (lightly's best
   case on 2 cores: the workers then have a core of their own).
+* ``selfsup_separate`` (with ``--separate``): ``selfsup`` with ``method_args.encode_views=
+  separate``, one encoder pass per view as lightly runs it (per-view BatchNorm statistics),
+  from the same initial weights.
 
 Rows reported: S1/S2 ``selfsup / max(lightly, lightly_main_1thread)`` per precision; S3 selfsup at
 ``precision=auto`` vs lightly at fp32 (its documented default); S4 ``selfsup / bare``; S7 the
@@ -94,7 +97,7 @@ def build(args: argparse.Namespace, precision: str, only: str | None = None) -> 
     def autocast() -> torch.autocast:
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
-    def selfsup_run() -> float:
+    def selfsup_run(train_step: TrainStep = train_step) -> float:
         batches = loader.iterate(0)
         step = 0
 
@@ -140,6 +143,16 @@ def build(args: argparse.Namespace, precision: str, only: str | None = None) -> 
     else:
         out: dict[str, Any] = {"bare": bare_run, "selfsup": selfsup_run,
                                "_step_flops": step_flops(method, premade, autocast)}  # fmt: skip
+        if args.separate:
+            separate = copy.deepcopy(method)
+            separate.cfg = separate.cfg.model_copy(update={"encode_views": "separate"})
+            step_separate = TrainStep(
+                method=separate, forward=separate,
+                optimizer=build_optimizer(separate, cfg.train.optimizer, B),
+                scaler=torch.amp.GradScaler("cuda", enabled=False), amp_dtype=amp,
+                device=torch.device("cpu"), seed=0, grad_clip=None, total_steps=10**6,
+            )  # fmt: skip
+            out["selfsup_separate"] = lambda: selfsup_run(step_separate)
     if only == "lightly" or not args.skip_lightly:
         from lightly.loss import NTXentLoss
 
@@ -272,6 +285,11 @@ def main() -> None:
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     ap.add_argument("--force-bf16", action="store_true", help="bf16 even without native bf16")
     ap.add_argument("--skip-lightly", action="store_true")
+    ap.add_argument(
+        "--separate",
+        action="store_true",
+        help="also time selfsup with method_args.encode_views=separate",
+    )
     ap.add_argument("--memory", action="store_true", help="also peak RSS per contender (S9)")
     ap.add_argument("--memory-only", action="store_true",
                     help="only S9 (no timing rounds); pair with --out")  # fmt: skip
@@ -311,6 +329,11 @@ def main() -> None:
             "seconds_per_round": times,
             "selfsup_vs_lightly": ips["selfsup"] / best_lightly if best_lightly else None,
             "selfsup_vs_bare": ips["selfsup"] / ips["bare"],
+            **(
+                {"selfsup_separate_vs_lightly": ips["selfsup_separate"] / best_lightly}
+                if "selfsup_separate" in ips and best_lightly
+                else {}
+            ),
             "step_flops": flops,
             "step_flop_per_s": step_flops_per_s,
             "gemm_flop_per_s": gemm_flops_per_s,

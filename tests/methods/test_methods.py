@@ -127,3 +127,42 @@ def test_simclr_multicrop_loss_is_multiview_nt_xent_over_global_and_local_crops(
     assert torch.allclose(loss, expected, atol=1e-5)
     # and with no local crops the method is the paper's two-view NT-Xent
     assert SimCLR.Config().num_local_crops == 0
+
+
+def test_simclr_encode_views_joint_shares_batchnorm_statistics_separate_does_not():
+    from selfsup.losses import nt_xent
+
+    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+
+    def build(encode_views: str) -> SimCLR:
+        torch.manual_seed(0)
+        cfg = SimCLR.Config(proj_hidden_dim=32, proj_out_dim=8, encode_views=encode_views)
+        return SimCLR(
+            build_backbone("resnet_tiny"), cfg, image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3
+        )
+
+    losses = {}
+    for mode in ("joint", "separate"):
+        m = build(mode)
+        batches: list[int] = []
+        m.encoder.register_forward_hook(lambda mod, inp, out, b=batches: b.append(len(inp[0])))
+        losses[mode], _ = m(images, None, torch.Generator().manual_seed(3))
+        assert batches == ([12] if mode == "joint" else [6, 6])
+        # the same draws by hand, in train mode (BatchNorm uses each pass's batch statistics)
+        ref = build(mode)
+        g = torch.Generator().manual_seed(3)
+        x1, x2 = ref.views(images, g, None, 0), ref.views(images, g, None, 0)
+        if mode == "joint":
+            f = ref.encoder(torch.cat([x1, x2]))
+        else:
+            f = torch.cat([ref.encoder(x1), ref.encoder(x2)])
+        z = ref.projector(f)
+        assert torch.allclose(losses[mode], nt_xent(z[:6], z[6:], ref.cfg.temperature), atol=1e-5)
+    # different BatchNorm statistics, different losses; without batch statistics the same
+    assert not torch.allclose(losses["joint"], losses["separate"], atol=1e-4)
+    evals = [build(mode).eval()(images, None, torch.Generator().manual_seed(3))[0]
+             for mode in ("joint", "separate")]  # fmt: skip
+    assert torch.allclose(*evals, atol=1e-5)
+    assert SimCLR.Config().encode_views == "joint"
+    with pytest.raises(ValueError):
+        SimCLR.Config(encode_views="both")

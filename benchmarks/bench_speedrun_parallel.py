@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_method_steps as harness  # noqa: E402
@@ -45,32 +44,41 @@ def _img_s(out: Path) -> float:
     return s["images_seen"] / s["seconds"]
 
 
+def _run_all(commands: list[list[str]], env: dict[str, str], logs: list[Path]) -> None:
+    """Start the commands at once (stderr to ``logs``: a pipe nobody reads could fill and
+    stall a run), wait for all; a failure stops the benchmark with the end of its log."""
+    procs = []
+    for cmd, log in zip(commands, logs, strict=True):
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("w") as err:
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env))
+    for proc, log in zip(procs, logs, strict=True):
+        if proc.wait() != 0:
+            raise SystemExit(f"{' '.join(proc.args)} failed:\n{log.read_text()[-3000:]}")
+
+
 def run_way(way: str, args: argparse.Namespace, tmp: Path) -> float:
     """Images per second of the training loop (all processes together) one way."""
     train = [sys.executable, "-m", "selfsup", "train", "simclr"]
     env = {**os.environ}
-    quiet: dict[str, Any] = dict(stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     if way == "single":
         out = tmp / way
-        subprocess.run([*train, *_overrides(args, out), f"train.num_threads={args.threads}"],
-                       check=True, **quiet)  # fmt: skip
+        cmd = [*train, *_overrides(args, out), f"train.num_threads={args.threads}"]
+        _run_all([cmd], env, [tmp / f"{way}.log"])
         return _img_s(out)
+    env["OMP_NUM_THREADS"] = "1"
     if way.startswith("ddp"):
         out = tmp / way
-        env["OMP_NUM_THREADS"] = "1"
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                   "--nproc-per-node", "2", "-m", "selfsup", "train", "simclr"]  # fmt: skip
         sync = "true" if way == "ddp_syncbn" else "false"
-        subprocess.run([*launch, *_overrides(args, out), "train.num_threads=1",
-                        f"train.sync_batchnorm={sync}"], check=True, **quiet)  # fmt: skip
+        cmd = [*launch, *_overrides(args, out), "train.num_threads=1",
+               f"train.sync_batchnorm={sync}"]  # fmt: skip
+        _run_all([cmd], env, [tmp / f"{way}.log"])
         return _img_s(out)
-    env["OMP_NUM_THREADS"] = "1"
     outs = [tmp / f"pair{i}" for i in range(2)]
-    procs = [subprocess.Popen([*train, *_overrides(args, o), "train.num_threads=1"], **quiet)
-             for o in outs]  # fmt: skip
-    for proc in procs:
-        if proc.wait() != 0:
-            raise SystemExit(proc.stderr.read().decode() if proc.stderr else "a run failed")
+    cmds = [[*train, *_overrides(args, o), "train.num_threads=1"] for o in outs]
+    _run_all(cmds, env, [tmp / f"pair{i}.log" for i in range(2)])
     return sum(_img_s(o) for o in outs)
 
 

@@ -364,6 +364,19 @@ def build_bench(
     return bench
 
 
+def recipe_bench(recipe: str, batch_size: int, batches: int) -> tuple[MethodBench, str, str]:
+    """SimCLR of ``recipe`` on the CPU at the precision ``precision=auto`` picks (bf16 where the
+    CPU has native bf16, else fp32), over ``batches`` batches of images: (bench, precision,
+    data source). What the speedrun benchmarks time."""
+    from selfsup.utils.precision import cpu_has_fast_bf16
+
+    device = torch.device("cpu")
+    precision = "bf16" if cpu_has_fast_bf16() else "fp32"
+    images, labels, source = load_data(batch_size * batches, device)
+    args = argparse.Namespace(batch_size=batch_size, width=None, precision=precision)
+    return build_bench("simclr", recipe, args, device, images, labels), precision, source
+
+
 def describe(bench: MethodBench) -> dict[str, Any]:
     bcfg = bench.cfg.backbone
     return {

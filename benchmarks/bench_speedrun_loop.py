@@ -36,7 +36,7 @@ import bench_method_steps as harness  # noqa: E402
 
 from selfsup.config import load_config  # noqa: E402
 from selfsup.train.trainer import Trainer, TrainStep  # noqa: E402
-from selfsup.utils.precision import cpu_has_fast_bf16  # noqa: E402
+from selfsup.utils.io import write_json  # noqa: E402
 
 
 class _TimedStep(TrainStep):
@@ -106,11 +106,7 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/speedrun_loop.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    device = torch.device("cpu")
-    precision = "bf16" if cpu_has_fast_bf16() else "fp32"
-    images, labels, source = harness.load_data(args.batch_size * 3, device)
-    bench_args = argparse.Namespace(batch_size=args.batch_size, width=None, precision=precision)
-    bench = harness.build_bench("simclr", args.recipe, bench_args, device, images, labels)
+    bench, precision, source = harness.recipe_bench(args.recipe, args.batch_size, 3)
     bench.method.set_view_size(args.view_size)
     rounds = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,10 +129,10 @@ def main() -> None:
     out = {"recipe": args.recipe, "view_size": args.view_size, "batch_size": args.batch_size,
            "threads": args.threads, "precision": precision, "seconds_per_loop": args.seconds,
            "harness_steps": args.steps, "data": source, "rounds": rounds, "median": median,
-           "min_max": spread, "machine": harness.machine_info(device, args.threads)}  # fmt: skip
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
+           "min_max": spread,
+           "machine": harness.machine_info(torch.device("cpu"), args.threads)}  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_json(Path(args.out), out)
 
 
 if __name__ == "__main__":

@@ -112,9 +112,10 @@ def main() -> None:
            "threads_single": args.threads, "rounds": rounds, "median_img_s": median,
            "vs_single": vs_single,
            "machine": harness.machine_info(torch.device("cpu"), args.threads)}  # fmt: skip
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    from selfsup.utils.io import write_json
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_json(Path(args.out), out)
 
 
 if __name__ == "__main__":

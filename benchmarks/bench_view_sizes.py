@@ -14,7 +14,6 @@ Writes benchmarks/results/view_sizes.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -25,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_method_steps as harness  # noqa: E402
 
-from selfsup.utils.precision import cpu_has_fast_bf16  # noqa: E402
+from selfsup.utils.io import write_json  # noqa: E402
 
 
 def main() -> None:
@@ -38,11 +37,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", default="benchmarks/results/view_sizes.json")
     args = p.parse_args()
-    device = torch.device("cpu")
-    precision = "bf16" if cpu_has_fast_bf16() else "fp32"
-    images, labels, source = harness.load_data(args.batch_size * args.steps, device)
-    bench_args = argparse.Namespace(batch_size=args.batch_size, width=None, precision=precision)
-    bench = harness.build_bench("simclr", args.recipe, bench_args, device, images, labels)
+    bench, precision, source = harness.recipe_bench(args.recipe, args.batch_size, args.steps)
     rows = []
     for size in args.sizes:
         bench.method.set_view_size(size)
@@ -64,9 +59,9 @@ def main() -> None:
               f"img/s, speed-up {many / one:.2f}x", flush=True)  # fmt: skip
     out = {"recipe": args.recipe, "batch_size": args.batch_size, "precision": precision,
            "data": source, "rounds": args.rounds, "steps": args.steps, "rows": rows,
-           "machine": harness.machine_info(device, args.threads)}  # fmt: skip
+           "machine": harness.machine_info(torch.device("cpu"), args.threads)}  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_json(Path(args.out), out)
 
 
 if __name__ == "__main__":

@@ -336,6 +336,36 @@ def test_fused_soft_cross_entropy_matches_log_softmax_in_value_and_gradient(with
     assert torch.autograd.gradcheck(lambda x: _SoftCrossEntropy.apply(x, idx, w)[0], (x,))
 
 
+@pytest.mark.parametrize(
+    "dtype,channels_last",
+    [(dt, cl) for dt in (torch.float32, torch.bfloat16) for cl in (False, True)],
+)
+def test_fused_soft_cross_entropy_in_any_layout_and_half_dtype(dtype, channels_last):
+    """NCHW or channels-last, float32 or bf16 logits: the loss and hits are those of the
+    float64 reference on the same values, the gradient comes back in the logits' dtype and
+    shape, and the logits themselves are left untouched (the float32 channels-last path works
+    on a view of them)."""
+    g = torch.Generator().manual_seed(2)
+    logits = (torch.randn(2, 11, 3, 5, generator=g) * 3).to(dtype)
+    if channels_last:
+        logits = logits.contiguous(memory_format=torch.channels_last)
+    idx = torch.randint(0, 11, (2, 4, 3, 5), generator=g)
+    w = torch.rand(2, 4, 3, 5, generator=g)
+    before = logits.clone()
+    x = logits.clone().requires_grad_(True)
+    ref = logits.double().requires_grad_(True)
+    ce, hits = _SoftCrossEntropy.apply(x, idx, w)
+    ref_ce, ref_hits = _SoftCrossEntropy.apply(ref, idx, w.double())
+    (ce * torch.arange(30.0).view(2, 3, 5)).sum().backward()
+    (ref_ce * torch.arange(30.0, dtype=torch.float64).view(2, 3, 5)).sum().backward()
+    assert ce.dtype == torch.float32 and torch.equal(hits, ref_hits)
+    assert torch.allclose(ce.double(), ref_ce, rtol=1e-5, atol=1e-5)
+    assert x.grad.dtype == dtype and x.grad.shape == logits.shape
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert torch.allclose(x.grad.double(), ref.grad, rtol=tol, atol=tol)
+    assert torch.equal(x.detach(), before)
+
+
 def test_top1_hits_agrees_with_argmax_without_ties():
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(4, 9, 6, 6, generator=g)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from selfsup.augment import Compose, RandomHorizontalFlip, RandomResizedCrop, Resize, ToFloat
 from selfsup.augment import build_pipeline as _build_pipeline
@@ -169,33 +170,61 @@ def soft_encode_dense(values: Tensor, centers: Tensor, k: int = 5, sigma: float 
     return out.scatter_(1, idx, w)
 
 
+def _pixel_rows(t: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """(N, C, H, W) -> (N H W, C): one row per pixel. A view where ``t`` is channels-last and
+    already of ``dtype``, else one copy that permutes and casts together."""
+    n, c, h, w = t.shape
+    rows = t.permute(0, 2, 3, 1)
+    dtype = dtype or t.dtype
+    if rows.is_contiguous() and t.dtype == dtype:
+        return rows.view(n * h * w, c)
+    return torch.empty((n, h, w, c), dtype=dtype, device=t.device).copy_(rows).view(-1, c)
+
+
 class _SoftCrossEntropy(torch.autograd.Function):
     """Per-pixel ``-Σ_j w_j log softmax(x)[idx_j] = (Σ_j w_j) lse(x) - Σ_j w_j x[idx_j]`` over
     dim 1, fused: one pass makes the softmax and the log-sum-exp, and the backward is
-    ``((Σ_j w_j) softmax(x) - scatter(w)) * grad``. About half the time of ``log_softmax`` +
-    ``gather`` and their autograd on a (128, 261, 16, 16) CPU batch. Also returns, from the
-    same max, the (N, H, W) bool :func:`top1_hits` of the first bin ``idx[:, 0]`` (no
-    gradient), so the bin accuracy costs no second reduction over the Q bins."""
+    ``((Σ_j w_j) softmax(x) - scatter(w)) * grad``. Also returns, from the same max, the
+    (N, H, W) bool :func:`top1_hits` of the first bin ``idx[:, 0]`` (no gradient), so the bin
+    accuracy costs no second reduction over the Q bins.
+
+    The work runs on one contiguous row of Q bins per pixel, in float32 (float64 stays
+    float64): channels-last logits are read in place (one copy permutes NCHW ones), the softmax
+    is torch's fused kernel reading the logits' own dtype, the log-sum-exp comes from its
+    largest probability (``lse = max - log p_max``, with ``p_max >= 1 / Q``), and the gradient
+    goes back in the logits' dtype as a channels-last view. On a (128, 261, 16, 16) CPU batch
+    this is ~2x faster than the same sums over the strided channel dimension."""
 
     @staticmethod
     def forward(ctx: Any, logits: Tensor, idx: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        top = logits.amax(1, keepdim=True)
-        probs = (logits - top).exp_()
-        total = probs.sum(1, keepdim=True)
-        lse = (total.log() + top).squeeze(1)
-        mass = weights.sum(1, keepdim=True)
-        picked = logits.gather(1, idx)
-        ce = lse * mass.squeeze(1) - (picked * weights).sum(1)
+        n, q, h, w = logits.shape
+        work = torch.promote_types(logits.dtype, torch.float32)
+        rows = logits.permute(0, 2, 3, 1)  # (N, H, W, Q): a view
+        rows = rows.reshape(-1, q) if rows.is_contiguous() else _pixel_rows(logits)  # (P, Q)
+        idx_rows = _pixel_rows(idx)  # (P, k)
+        w_rows = _pixel_rows(weights, work)
+        top = rows.amax(1, keepdim=True).to(work)
+        picked = rows.gather(1, idx_rows).to(work)
         hits = picked[:, 0] >= top[:, 0]
-        ctx.save_for_backward(probs.div_(total).mul_(mass), idx, weights)
+        probs = torch.softmax(rows, 1, dtype=work)  # one fused pass, read in the logits' dtype
+        # the largest probability is exp(top - lse) >= 1 / Q: its log is well conditioned
+        lse = top - probs.amax(1, keepdim=True).log()
+        mass = w_rows.sum(1, keepdim=True)
+        ce = lse * mass - (picked * w_rows).sum(1, keepdim=True)
+        ctx.save_for_backward(probs, mass, idx_rows, w_rows)
+        ctx.logits_shape, ctx.logits_dtype = (n, q, h, w), logits.dtype
         ctx.mark_non_differentiable(hits)
-        return ce, hits
+        return ce.view(n, h, w), hits.view(n, h, w)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad: Tensor, _grad_hits: None) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        probs, idx, weights = ctx.saved_tensors
-        grad_logits = probs.scatter_add(1, idx, -weights) * grad.unsqueeze(1)
-        return grad_logits, None, None
+        probs, mass, idx_rows, w_rows = ctx.saved_tensors
+        g = grad.reshape(-1, 1).to(probs.dtype)
+        grad_rows = (probs * (mass * g)).scatter_add_(1, idx_rows, w_rows * -g)
+        n, q, h, w = ctx.logits_shape
+        grad_logits = grad_rows.view(n, h, w, q).permute(0, 3, 1, 2)
+        return grad_logits.to(ctx.logits_dtype), None, None
 
 
 @full_precision
@@ -204,7 +233,7 @@ def soft_cross_entropy_and_hits(
 ) -> tuple[Tensor, Tensor]:
     """:func:`soft_cross_entropy` and, from the same pass, the (N, H, W) bool
     :func:`top1_hits` of the first target bin ``idx[:, 0]`` (the nearest one)."""
-    ce, hits = _SoftCrossEntropy.apply(logits.float(), idx, weights)
+    ce, hits = _SoftCrossEntropy.apply(logits, idx, weights)
     if pixel_weights is not None:
         ce = ce * pixel_weights
     return ce.mean(), hits

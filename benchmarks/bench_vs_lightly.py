@@ -13,17 +13,21 @@ contender (both libraries' models), as a user of either would.
 
 * ``bare``: the backbone's forward + backward of ``features.sum()`` + an SGD step on the 2B
   pre-made views (made by selfsup's pipeline outside the timed loop).
-* ``selfsup``: what ``selfsup train`` runs per step: the next uint8 batch from the
-  :class:`~selfsup.data.BatchLoader` (in-memory CIFAR images), then the Trainer's own
-  :class:`~selfsup.train.trainer.TrainStep` (batched augmentation of both views on the training
-  device, backbone on the 2B views, projection head, NT-Xent in fp32, backward, gradient norm,
-  finiteness check, SGD step, hooks).
+* ``selfsup``: what ``selfsup train`` runs per step, with freed memory kept in the process as
+  the Trainer keeps it on the CPU (``train.cpu_heap_cache``, :mod:`selfsup.utils.allocator`;
+  ``--heap-cache off`` times it without, and ``bare`` follows the same setting): the next
+  uint8 batch from the :class:`~selfsup.data.BatchLoader` (in-memory CIFAR images), then the
+  Trainer's own :class:`~selfsup.train.trainer.TrainStep` (batched augmentation of both views
+  on the training device, backbone on the 2B views, projection head, NT-Xent in fp32,
+  backward, gradient norm, finiteness check, SGD step, hooks).
 * ``lightly``: lightly's documented path: a torch ``DataLoader`` with ``--workers`` workers over
   PIL images with ``SimCLRTransform`` (matched to selfsup's ``simclr_cifar`` view), the lightly
   SimCLR model (the same backbone + ``SimCLRProjectionHead``), two forwards (one per view) and
   ``NTXentLoss``, SGD. Fresh loader per round (pipeline fill included).
 * ``lightly_main_1thread``: the same with 1 torch thread in the main process (lightly's best
   case on 2 cores: the workers then have a core of their own).
+* ``lightly_heap_cache`` (with ``--heap-cache on``, the default): ``lightly`` with the same
+  allocator setting as selfsup, to show how much of the difference is the allocator.
 * ``selfsup_separate`` (with ``--separate``): ``selfsup`` with ``method_args.encode_views=
   separate``, one encoder pass per view as lightly runs it (per-view BatchNorm statistics),
   from the same initial weights.
@@ -56,6 +60,8 @@ from typing import Any
 
 import torch
 from bench_simclr_step import LightlySimCLR, PILDataset, lightly_transform, load_images
+
+from selfsup.utils.allocator import heap_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 WARMUP = 2
@@ -98,6 +104,10 @@ def build(args: argparse.Namespace, precision: str, only: str | None = None) -> 
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
     def selfsup_run(train_step: TrainStep = train_step) -> float:
+        with heap_cache(enabled=args.heap_cache == "on"):  # as the Trainer runs on the CPU
+            return _selfsup_run(train_step)
+
+    def _selfsup_run(train_step: TrainStep) -> float:
         batches = loader.iterate(0)
         step = 0
 
@@ -128,6 +138,10 @@ def build(args: argparse.Namespace, precision: str, only: str | None = None) -> 
         bare_opt.step()
 
     def bare_run() -> float:
+        with heap_cache(enabled=args.heap_cache == "on"):  # the same allocator as selfsup
+            return _bare_run()
+
+    def _bare_run() -> float:
         for _ in range(WARMUP):
             bare_step()
         t0 = time.perf_counter()
@@ -193,6 +207,13 @@ def build(args: argparse.Namespace, precision: str, only: str | None = None) -> 
         out["lightly"] = lambda: lightly_run(args.threads)
         if args.threads > 1:
             out["lightly_main_1thread"] = lambda: lightly_run(1)
+        if args.heap_cache == "on":
+
+            def lightly_heap_cache_run() -> float:
+                with heap_cache():
+                    return lightly_run(args.threads)
+
+            out["lightly_heap_cache"] = lightly_heap_cache_run
     return out
 
 
@@ -285,6 +306,9 @@ def main() -> None:
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     ap.add_argument("--force-bf16", action="store_true", help="bf16 even without native bf16")
     ap.add_argument("--skip-lightly", action="store_true")
+    cache_help = ("selfsup and bare keep freed memory in the process as the Trainer does on "
+                  "the CPU (train.cpu_heap_cache); 'on' also times lightly so, once")  # fmt: skip
+    ap.add_argument("--heap-cache", choices=["on", "off"], default="on", help=cache_help)
     ap.add_argument(
         "--separate",
         action="store_true",
@@ -330,6 +354,11 @@ def main() -> None:
             "selfsup_vs_lightly": ips["selfsup"] / best_lightly if best_lightly else None,
             "selfsup_vs_bare": ips["selfsup"] / ips["bare"],
             **(
+                {"selfsup_vs_lightly_heap_cache": ips["selfsup"] / ips["lightly_heap_cache"]}
+                if "lightly_heap_cache" in ips
+                else {}
+            ),
+            **(
                 {"selfsup_separate_vs_lightly": ips["selfsup_separate"] / best_lightly}
                 if "selfsup_separate" in ips and best_lightly
                 else {}
@@ -363,7 +392,8 @@ def main() -> None:
                 cmd = [sys.executable, __file__, "--memory-child", name, "--precision-child",
                        precision, "--width", str(args.width), "--batch-size",
                        str(args.batch_size), "--steps", str(args.steps), "--threads",
-                       str(args.threads), "--workers", str(args.workers)]  # fmt: skip
+                       str(args.threads), "--workers", str(args.workers),
+                       "--heap-cache", args.heap_cache]  # fmt: skip
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 rss = json.loads(out.strip().splitlines()[-1])
                 # the main process plus every DataLoader worker (each at most the largest;

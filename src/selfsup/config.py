@@ -223,6 +223,10 @@ class TrainConfig(Section):
     grad_clip: float | None = Field(default=None, gt=0)
     device: str = "auto"
     num_threads: int | None = Field(default=None, gt=0)
+    cpu_heap_cache: bool = True
+    """On a CPU device with glibc, keep freed memory in the process while training, so a step
+    reuses the pages the last one freed instead of faulting in fresh ones for every large
+    tensor (:mod:`selfsup.utils.allocator`); ``false`` leaves the C library's defaults."""
     checkpoint_every_epochs: float = Field(default=1.0, gt=0)
     checkpoint_every_steps: int | None = Field(default=None, gt=0)
     keep_last: int = Field(default=2, gt=0)

@@ -54,6 +54,7 @@ from selfsup.train.optim import build_optimizer, peak_lr
 from selfsup.train.schedule import LRSchedule, Progress
 from selfsup.train.signals import StopRequest
 from selfsup.utils import distributed as dist_utils
+from selfsup.utils.allocator import heap_cache
 from selfsup.utils.io import (
     latest_checkpoint,
     load_checkpoint,
@@ -235,9 +236,13 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train to the end of the schedule (or to ``stop_at_step``), checkpointing on the way;
         with ``resume``, from the run's last checkpoint. The main process holds the run
-        directory's lock (:class:`~selfsup.utils.locks.RunDirLock`) until it returns."""
+        directory's lock (:class:`~selfsup.utils.locks.RunDirLock`) until it returns. On the
+        CPU, freed memory stays in the process meanwhile (``train.cpu_heap_cache``)."""
+        tcfg = self.cfg.train
         try:
-            return self._train()
+            on_cpu = dist_utils.local_device(tcfg.device).type == "cpu"
+            with heap_cache(enabled=tcfg.cpu_heap_cache and on_cpu):
+                return self._train()
         finally:
             self.run_lock.release()
 

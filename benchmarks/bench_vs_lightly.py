@@ -27,7 +27,13 @@ contender (both libraries' models), as a user of either would.
 * ``lightly_main_1thread``: the same with 1 torch thread in the main process (lightly's best
   case on 2 cores: the workers then have a core of their own).
 * ``lightly_heap_cache`` (with ``--heap-cache on``, the default): ``lightly`` with the same
-  allocator setting as selfsup, to show how much of the difference is the allocator.
+  allocator setting as selfsup, to show how much of the difference is the allocator. In one
+  process the contenders cannot all see glibc's start-up behaviour: once the first cached
+  block has ended, the thresholds stay fixed where glibc's own adjustment settles (32 MiB
+  mmap, 64 MiB trim; :mod:`selfsup.utils.allocator`), so ``lightly`` then differs from
+  ``lightly_heap_cache`` only by trimming. ``bench_heap_cache.py`` measures the cache against
+  glibc's defaults, one fresh process per mode; the ``--memory`` children are fresh processes
+  too.
 * ``selfsup_separate`` (with ``--separate``): ``selfsup`` with ``method_args.encode_views=
   separate``, one encoder pass per view as lightly runs it (per-view BatchNorm statistics),
   from the same initial weights.

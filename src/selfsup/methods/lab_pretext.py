@@ -199,8 +199,7 @@ class _SoftCrossEntropy(torch.autograd.Function):
     def forward(ctx: Any, logits: Tensor, idx: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         n, q, h, w = logits.shape
         work = torch.promote_types(logits.dtype, torch.float32)
-        rows = logits.permute(0, 2, 3, 1)  # (N, H, W, Q): a view
-        rows = rows.reshape(-1, q) if rows.is_contiguous() else _pixel_rows(logits)  # (P, Q)
+        rows = _pixel_rows(logits)  # (P, Q): a view of channels-last logits
         idx_rows = _pixel_rows(idx)  # (P, k)
         w_rows = _pixel_rows(weights, work)
         top = rows.amax(1, keepdim=True).to(work)

@@ -1,11 +1,14 @@
-"""Two cores, three ways to use them: one 2-thread process, data-parallel, or two independent runs.
+"""Two cores, four ways to use them: one 2-thread process, two replicas in it, DDP, or two runs.
 
 The speedrun trains in one process with one torch thread per core. At its small view sizes a
 second thread buys only ~1.6x (``bench_view_sizes.py``), so two processes of one thread each
 might do better. This benchmark runs the speedrun recipe at a fixed view size for ``--seconds``
 each way, in alternating rounds, and reads the images each saw from its ``summary.json``:
 
-- ``single``: one process, ``--threads`` threads (what ``selfsup speedrun`` does);
+- ``single``: one process, ``--threads`` threads, one replica (``train.cpu_replicas=1``);
+- ``replicas``: one process, ``--threads`` threads, two replicas of one thread each
+  (``train.cpu_replicas=2``: each half-batch runs forward and backward in its own thread;
+  per-shard BatchNorm and negatives, no collectives; :mod:`selfsup.train.replicas`);
 - ``ddp``: ``torchrun --nproc-per-node 2``, one thread per process, per-process BatchNorm
   (``train.sync_batchnorm=false``); the same global batch, split in two;
 - ``ddp_syncbn``: the same with global-batch BatchNorm (the trainer's default under DDP);
@@ -30,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_method_steps as harness  # noqa: E402
 
-WAYS = ("single", "ddp", "ddp_syncbn", "pair")
+WAYS = ("single", "replicas", "ddp", "ddp_syncbn", "pair")
 
 
 def _overrides(args: argparse.Namespace, out: Path) -> list[str]:
@@ -61,9 +64,10 @@ def run_way(way: str, args: argparse.Namespace, tmp: Path) -> float:
     """Images per second of the training loop (all processes together) one way."""
     train = [sys.executable, "-m", "selfsup", "train", "simclr"]
     env = {**os.environ}
-    if way == "single":
+    if way in ("single", "replicas"):
         out = tmp / way
-        cmd = [*train, *_overrides(args, out), f"train.num_threads={args.threads}"]
+        cmd = [*train, *_overrides(args, out), f"train.num_threads={args.threads}",
+               f"train.cpu_replicas={2 if way == 'replicas' else 1}"]  # fmt: skip
         _run_all([cmd], env, [tmp / f"{way}.log"])
         return _img_s(out)
     env["OMP_NUM_THREADS"] = "1"

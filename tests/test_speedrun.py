@@ -16,7 +16,8 @@ SMALL = ["backbone.name=resnet_tiny", "train.batch_size=16", "train.progress=fal
          "train.tensorboard=false", "method_args.proj_hidden_dim=32",
          "method_args.proj_out_dim=16", "train.num_threads=1"]  # fmt: skip
 KEYS = {"knn_top1", "knn20_top1", "train_seconds", "eval_seconds", "images_seen", "method",
-        "backbone", "recipe", "seed", "precision", "threads", "cpu", "torch"}  # fmt: skip
+        "backbone", "recipe", "seed", "precision", "threads", "cpu_replicas", "cpu",
+        "torch"}  # fmt: skip
 
 
 @pytest.mark.parametrize(

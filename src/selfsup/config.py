@@ -223,6 +223,14 @@ class TrainConfig(Section):
     grad_clip: float | None = Field(default=None, gt=0)
     device: str = "auto"
     num_threads: int | None = Field(default=None, gt=0)
+    cpu_replicas: int = Field(default=1, ge=1)
+    """On a CPU, split each batch into this many shards that run forward and backward in
+    parallel threads, each on a replica of the method sharing its parameters, with
+    ``num_threads / cpu_replicas`` intra-op threads (at least 1): data parallelism without
+    collectives (:mod:`selfsup.train.replicas`). Each shard normalises with its own BatchNorm
+    statistics and contrasts against its own images, as DDP with per-process BatchNorm and
+    local negatives would. Only for methods without per-step state (``Method.replicable``);
+    ignored on other devices."""
     cpu_heap_cache: bool = True
     """On a CPU device with glibc, keep freed memory in the process while training, so a step
     reuses the pages the last one freed instead of faulting in fresh ones for every large

@@ -34,6 +34,7 @@ class BarlowTwinsConfig(ProjectorConfig):
 class BarlowTwins(ProjectorMethod):
     name = "barlow_twins"
     family = "redundancy reduction"
+    replicable = True
     description = (
         "cross-correlation of the two views' standardised projections pushed to the identity "
         "(statistics over the global batch)"

@@ -115,6 +115,10 @@ class Method(nn.Module):
     ``backbone.global_pool`` unset (recorded in ``encoder.json``, so evaluation, export and
     fine-tuning read it the same way). None: the backbone's default, the cls token. MAE sets
     ``avg``: its loss never trains the cls token's output."""
+    replicable: ClassVar[bool] = False
+    """Whether ``train.cpu_replicas`` may run this method as parallel shards
+    (:mod:`selfsup.train.replicas`): true only where all its state is parameters and BatchNorm
+    statistics (no EMA teacher, queue, centre or buffer that forward or a step hook updates)."""
     data_layout: ClassVar[str] = "image"
     """What one training item is (:data:`selfsup.data.sources.LAYOUTS`): ``"image"``, ``"clip"``
     (T stacked RGB frames, ``(N, 3 T, H, W)``) or ``"rgbd"`` (RGB + packed depth, ``(N, 5, H,

@@ -68,6 +68,7 @@ def rotate_all(x: Tensor) -> tuple[Tensor, Tensor]:
 class Rotation(Method):
     name = "rotation"
     family = "transformation"
+    replicable = True
     description = "each image at 0/90/180/270 degrees; a head on pooled features predicts which"
     Config = RotationConfig
     default_augment = "eval"

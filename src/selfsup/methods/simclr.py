@@ -50,6 +50,7 @@ class SimCLRConfig(ProjectorConfig):
 class SimCLR(ProjectorMethod):
     name = "simclr"
     family = "contrastive"
+    replicable = True
     description = (
         "two views, projection head, NT-Xent with in-batch negatives gathered across processes"
     )

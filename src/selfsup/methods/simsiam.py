@@ -32,6 +32,7 @@ class SimSiamConfig(MethodConfig):
 class SimSiam(PositiveRetrieval, Method):
     name = "simsiam"
     family = "self-distillation"
+    replicable = True
     description = (
         "Siamese network, predictor to the other view's stop-gradient projection "
         "(negative cosine, no negatives, no momentum encoder)"

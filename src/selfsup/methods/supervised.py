@@ -20,6 +20,7 @@ class SupervisedConfig(MethodConfig):
 class Supervised(Method):
     name = "supervised"
     family = "baseline"
+    replicable = True
     description = "labels + cross-entropy on the same encoder (a reference point, not SSL)"
     Config = SupervisedConfig
     uses_labels = True

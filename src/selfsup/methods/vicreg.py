@@ -32,6 +32,7 @@ class VICRegConfig(ProjectorConfig):
 class VICReg(ProjectorMethod):
     name = "vicreg"
     family = "redundancy reduction"
+    replicable = True
     description = (
         "invariance MSE + per-dimension std hinge + covariance penalty on the two views' "
         "expander outputs (statistics over the global batch)"

@@ -34,7 +34,7 @@ from selfsup.data import (
     random_subset_indices,
 )
 from selfsup.data.training_data import TrainingSource
-from selfsup.errors import TrainingError, TrainingInterrupted
+from selfsup.errors import ConfigError, TrainingError, TrainingInterrupted
 from selfsup.methods import Method, get_method
 from selfsup.models import build_method, method_encoder_meta
 from selfsup.models import write_pictures as write_pictures  # an alias; it lives in models
@@ -51,6 +51,7 @@ from selfsup.train.callbacks import CollapseWarning as CollapseWarning  # aliase
 from selfsup.train.callbacks import collapse_reason as collapse_reason  # live in callbacks
 from selfsup.train.metrics_log import MetricsLogger, rewind_metrics
 from selfsup.train.optim import build_optimizer, peak_lr
+from selfsup.train.replicas import CPUReplicas
 from selfsup.train.schedule import LRSchedule, Progress
 from selfsup.train.signals import StopRequest
 from selfsup.utils import distributed as dist_utils
@@ -118,9 +119,16 @@ class TrainStep:
     seed: int
     grad_clip: float | None
     total_steps: int
+    replicas: CPUReplicas | None = None
+    """``train.cpu_replicas > 1``: forward and backward run as parallel shards instead."""
 
     def __post_init__(self) -> None:
         self.params = [p for p in self.method.parameters() if p.requires_grad]
+
+    @property
+    def methods(self) -> list[Method]:
+        """The method and, with ``replicas``, its replicas (what a view-size change reaches)."""
+        return self.replicas.methods if self.replicas is not None else [self.method]
 
     def __call__(
         self,
@@ -131,13 +139,19 @@ class TrainStep:
         step: int,
     ) -> tuple[torch.Tensor, dict[str, Any], bool]:
         """One step on a (B, C, H, W) uint8 batch; returns (loss, metrics, applied)."""
-        generator = torch.Generator(device=self.device).manual_seed(step_seed(self.seed, step))
-        amp = self.amp_dtype
-        with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            loss, metrics = self.forward(images, labels, generator, global_size, offset)
-        optimizer, scaler = self.optimizer, self.scaler
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        optimizer, scaler, amp = self.optimizer, self.scaler, self.amp_dtype
+        seed = step_seed(self.seed, step)
+        if self.replicas is not None:
+            optimizer.zero_grad(set_to_none=True)
+            loss, metrics = self.replicas.forward_backward(images, labels, seed, amp)
+        else:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+            with torch.autocast(
+                self.device.type, dtype=amp or torch.float32, enabled=amp is not None
+            ):
+                loss, metrics = self.forward(images, labels, generator, global_size, offset)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         grad_norm = nn.utils.clip_grad_norm_(self.params, self.grad_clip or float("inf"))
         # DDP has already averaged the gradients, so every rank sees the same verdict
@@ -244,6 +258,9 @@ class Trainer:
             with heap_cache(enabled=tcfg.cpu_heap_cache and on_cpu):
                 return self._train()
         finally:
+            replicas = getattr(self, "train_step", None) and self.train_step.replicas
+            if replicas:
+                replicas.close()
             self.run_lock.release()
 
     def _train(self) -> TrainResult:
@@ -331,7 +348,8 @@ class Trainer:
             return
         size = [s for f, s in schedule if f <= progress.fraction][-1]
         if size != self.view_size:
-            run.method.set_view_size(size)
+            for method in self.train_step.methods:
+                method.set_view_size(size)
             self.view_size = size
             run.log({"step": run.step, "event": "view_size", "view_size": size})
 
@@ -505,6 +523,7 @@ class Trainer:
         method = build_method(cfg, image_size, source.num_channels, num_classes)
         method.check_global_batch(tcfg.batch_size)  # before the run directory is made
         method, model = self._place(method, device, distributed)
+        replicas = self._replicas(method, device, world)  # before the run directory is made
         optimizer = build_optimizer(method, tcfg.optimizer, tcfg.batch_size)
         amp_dtype = autocast_dtype(device, tcfg.precision)
         scaler = torch.amp.GradScaler(
@@ -560,6 +579,7 @@ class Trainer:
             seed=cfg.seed,
             grad_clip=tcfg.grad_clip,
             total_steps=total_steps,
+            replicas=replicas,
         )
         return TrainingRun(
             cfg=cfg, run_dir=self.run_dir, device=device, is_main=main, world_size=world,
@@ -568,6 +588,22 @@ class Trainer:
             steps_per_epoch=steps_per_epoch, total_steps=total_steps, start_step=start_step,
             step=start_step, skipped_steps=skipped_steps,
         )  # fmt: skip
+
+    def _replicas(self, method: Method, device: torch.device, world: int) -> CPUReplicas | None:
+        """``train.cpu_replicas``: the shard runner, or None for one replica or a device other
+        than the CPU (the option is about CPU threads, so a recipe that sets it still runs on a
+        GPU); refuses settings it cannot serve with a :class:`~selfsup.errors.ConfigError`."""
+        tcfg = self.cfg.train
+        count = tcfg.cpu_replicas
+        if count == 1 or device.type != "cpu":
+            return None
+        where = f"train.cpu_replicas={count}"
+        if world > 1:
+            raise ConfigError(f"{where} runs in one process; this run has {world} (use 1)")
+        if tcfg.compile:
+            raise ConfigError(f"{where} runs the eager method; set train.compile=false")
+        threads = max(1, (tcfg.num_threads or torch.get_num_threads()) // count)
+        return CPUReplicas(method, count, threads)
 
     def _lock_run_dir(self) -> None:
         """Take the run directory's lock (one writer), then refuse to start a new run over

@@ -151,7 +151,7 @@ def test_a_run_with_replicas_trains_reproducibly_and_resumes_exactly(tiny_npz, t
     assert any("running_mean" in k for k in moved) and any("weight" in k for k in moved)
 
 
-def test_one_replica_and_two_train_differently_but_both_learn_the_same_shapes(tiny_npz, tmp_path):
+def test_two_replicas_train_another_run_than_one_with_the_same_encoder_shapes(tiny_npz, tmp_path):
     one = Trainer(run_cfg(tiny_npz, tmp_path / "one", "train.cpu_replicas=1")).fit()
     two = Trainer(run_cfg(tiny_npz, tmp_path / "two")).fit()
     assert one.steps == two.steps == 8

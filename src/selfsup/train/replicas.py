@@ -104,6 +104,8 @@ class CPUReplicas:
         self.count = count
         self.threads = threads
         self.copies: list[Method] = []
+        self._stats: list[tuple[list[Tensor], list[Tensor]]] = []
+        """Each of ``methods``' BatchNorm (running statistics, counters), found once."""
         self._calling_threads = torch.get_num_threads()
         self._pool: ThreadPoolExecutor | None = None
 
@@ -135,28 +137,22 @@ class CPUReplicas:
             )
         if not self.copies:
             self.copies = [replicate(self.method) for _ in range(self.count - 1)]
+            self._stats = [_running_stats(m) for m in self.methods]  # updated in place
         pool = self._start_pool()
         image_shards = torch.tensor_split(images, self.count)
         label_shards = (
             torch.tensor_split(labels, self.count) if labels is not None else [None] * self.count
         )
+        weights = [len(shard) / len(images) for shard in image_shards]
         futures = [
-            pool.submit(
-                _shard_step,
-                replica,
-                shard,
-                shard_labels,
-                replica_seed(step_seed, k),
-                len(shard) / len(images),
-                amp_dtype,
-            )  # fmt: skip
-            for k, (replica, shard, shard_labels) in enumerate(
-                zip(self.methods, image_shards, label_shards, strict=True)
+            pool.submit(_shard_step, replica, shard, shard_labels, replica_seed(step_seed, k),
+                        weight, amp_dtype)  # fmt: skip
+            for k, (replica, shard, shard_labels, weight) in enumerate(
+                zip(self.methods, image_shards, label_shards, weights, strict=True)
             )
         ]
         results = [future.result() for future in futures]
         self._average_running_stats()
-        weights = [len(shard) / len(images) for shard in image_shards]
         loss = sum(w * loss for w, (loss, _) in zip(weights, results, strict=True))
         metrics = _weighted_mean([m for _, m in results], weights)
         return loss, metrics  # type: ignore[return-value]
@@ -187,10 +183,9 @@ class CPUReplicas:
     def _average_running_stats(self) -> None:
         """The method's BatchNorm running statistics become the replicas' mean; every replica
         continues from that mean (its batch counters stay equal: each saw one batch)."""
-        stats, counters = _running_stats(self.method)
+        (stats, counters), *copies = self._stats
         if not stats and not counters:
             return
-        copies = [_running_stats(c) for c in self.copies]
         for other, _ in copies:
             torch._foreach_add_(stats, other)
         torch._foreach_div_(stats, float(self.count))

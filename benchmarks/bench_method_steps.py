@@ -130,6 +130,24 @@ def timed(step: Callable[[int], None], steps: int, warmup: int, device: torch.de
     return time.perf_counter() - t0
 
 
+def interleaved_rounds(
+    ways: dict[Any, Callable[[], None]],
+    step: Callable[[int], None],
+    rounds: int,
+    steps: int,
+    device: torch.device,
+) -> dict[Any, list[float]]:
+    """Seconds per call of ``step(i)`` under each way (a callable that sets the way up), in
+    ``rounds`` rounds that alternate the order of the ways; each round of each way is one
+    untimed warm-up call, then ``steps`` timed ones."""
+    times: dict[Any, list[float]] = {way: [] for way in ways}
+    for r in range(rounds):
+        for way in list(ways) if r % 2 == 0 else list(ways)[::-1]:
+            ways[way]()
+            times[way].append(timed(step, steps, 1, device) / steps)
+    return times
+
+
 def summary(seconds: list[float], work: float) -> dict[str, Any]:
     """Per-round seconds -> best/median seconds and ``work`` per second (images, FLOPs...)."""
     return {

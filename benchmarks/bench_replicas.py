@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -57,15 +56,11 @@ def main() -> None:
     for size in args.sizes:
         for method in ways["replicas"].methods:
             method.set_view_size(size)
-        times: dict[str, list[float]] = {way: [] for way in ways}
-        for r in range(args.rounds):
-            for way in list(ways) if r % 2 == 0 else list(ways)[::-1]:
-                bench.train_step = ways[way]
-                bench.step(0)  # warm-up at this size (and the replicas' first copies)
-                t = time.perf_counter()
-                for i in range(args.steps):
-                    bench.step(i)
-                times[way].append((time.perf_counter() - t) / args.steps)
+        times = harness.interleaved_rounds(  # the first warm-up makes the replicas
+            {way: (lambda step=step: setattr(bench, "train_step", step))
+             for way, step in ways.items()},
+            bench.step, args.rounds, args.steps, bench.device,
+        )  # fmt: skip
         img_s = {way: args.batch_size / statistics.median(t) for way, t in times.items()}
         ratio = statistics.median(
             s / r for s, r in zip(times["single"], times["replicas"], strict=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -41,16 +40,10 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         bench.method.set_view_size(size)
-        times: dict[int, list[float]] = {1: [], args.threads: []}
-        for r in range(args.rounds):
-            order = [1, args.threads] if r % 2 == 0 else [args.threads, 1]
-            for threads in order:
-                torch.set_num_threads(threads)
-                bench.step(0)  # warm-up at this size and thread count
-                t = time.perf_counter()
-                for i in range(args.steps):
-                    bench.step(i)
-                times[threads].append((time.perf_counter() - t) / args.steps)
+        times = harness.interleaved_rounds(
+            {n: (lambda n=n: torch.set_num_threads(n)) for n in (1, args.threads)},
+            bench.step, args.rounds, args.steps, bench.device,
+        )  # fmt: skip
         one = args.batch_size / statistics.median(times[1])
         many = args.batch_size / statistics.median(times[args.threads])
         rows.append({"view_size": size, "img_s_1thread": one,

@@ -98,3 +98,54 @@ def test_multiview_nt_xent_sharded_mean_equals_global_loss():
     full = multiview_nt_xent(z, 0.3)
     shards = [multiview_nt_xent(z[:, s : s + 4], 0.3, all_views=z, offset=s) for s in (0, 4)]
     assert torch.allclose(sum(shards) / 2, full, atol=1e-6)
+
+
+def test_decoupled_nt_xent_matches_handwritten_dcl_loss():
+    # DCL: the positive leaves the denominator; self stays out as before.
+    torch.manual_seed(8)
+    n, t = 4, 0.2
+    z1, z2 = torch.randn(n, 3), torch.randn(n, 3)
+    views = torch.cat([z1, z2])
+    expected = 0.0
+    for i in range(2 * n):
+        j = (i + n) % (2 * n)
+        den = sum(math.exp(_cos(views[i], views[m]) / t) for m in range(2 * n) if m not in (i, j))
+        expected += -_cos(views[i], views[j]) / t + math.log(den)
+    expected /= 2 * n
+    assert abs(nt_xent(z1, z2, t, decoupled=True).item() - expected) < 1e-5
+    assert abs(nt_xent(z1, z2, t).item() - expected) > 1e-3  # the flag changes the loss
+
+
+def test_decoupled_nt_xent_sharded_mean_equals_global_loss():
+    torch.manual_seed(9)
+    z1, z2 = torch.randn(8, 5), torch.randn(8, 5)
+    full = nt_xent(z1, z2, 0.3, decoupled=True)
+    shards = [
+        nt_xent(z1[s : s + 4], z2[s : s + 4], 0.3, all_z1=z1, all_z2=z2, offset=s, decoupled=True)
+        for s in (0, 4)
+    ]
+    assert torch.allclose(sum(shards) / 2, full, atol=1e-6)
+
+
+def test_decoupled_multiview_matches_a_loop_and_two_views_is_decoupled_nt_xent():
+    torch.manual_seed(10)
+    v, n, t = 3, 4, 0.4
+    z = torch.randn(v, n, 5)
+    flat = [(a, i) for a in range(v) for i in range(n)]
+    expected = 0.0
+    for a, i in flat:
+        den = sum(math.exp(_cos(z[a, i], z[b, j]) / t) for b, j in flat if j != i)
+        for b in range(v):
+            if b != a:
+                expected += (-_cos(z[a, i], z[b, i]) / t + math.log(den)) / (v - 1)
+    expected /= v * n
+    assert abs(multiview_nt_xent(z, t, decoupled=True).item() - expected) < 1e-5
+    two = z[:2]
+    assert torch.allclose(
+        multiview_nt_xent(two, t, decoupled=True), nt_xent(two[0], two[1], t, decoupled=True)
+    )
+    shards = [
+        multiview_nt_xent(z[:, s : s + 2], t, all_views=z, offset=s, decoupled=True)
+        for s in (0, 2)
+    ]
+    assert torch.allclose(sum(shards) / 2, multiview_nt_xent(z, t, decoupled=True), atol=1e-6)

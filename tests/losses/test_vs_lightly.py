@@ -31,6 +31,14 @@ def test_nt_xent_equals_lightly_ntxent(temperature):
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("temperature", [0.1, 0.5])
+def test_decoupled_nt_xent_equals_lightly_dcl(temperature):
+    z1, z2 = _z(0), _z(1)
+    ours = nt_xent(z1, z2, temperature, decoupled=True)
+    theirs = lightly_loss.DCLLoss(temperature=temperature)(z1, z2)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
+
+
 @pytest.mark.parametrize("lambd", [5e-3, 0.05])
 def test_barlow_twins_equals_lightly(lambd):
     z1, z2 = _z(2), _z(3) + _z(2)

@@ -166,3 +166,27 @@ def test_simclr_encode_views_joint_shares_batchnorm_statistics_separate_does_not
     assert SimCLR.Config().encode_views == "joint"
     with pytest.raises(ValueError):
         SimCLR.Config(encode_views="both")
+
+
+@pytest.mark.parametrize("num_local_crops", [0, 2])
+def test_simclr_decoupled_uses_the_dcl_loss_on_the_same_views(num_local_crops):
+    from selfsup.losses import multiview_nt_xent
+
+    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    results = {}
+    for decoupled in (False, True):
+        torch.manual_seed(0)
+        cfg = SimCLR.Config(proj_hidden_dim=32, proj_out_dim=8, decoupled=decoupled,
+                            num_local_crops=num_local_crops, local_crop_size=8)  # fmt: skip
+        m = SimCLR(
+            build_backbone("resnet_tiny"), cfg, image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3
+        ).eval()
+        results[decoupled], _ = m(images, None, torch.Generator().manual_seed(3))
+    # the same draws and weights by hand, scored with the decoupled loss
+    g = torch.Generator().manual_seed(3)
+    views = [m.views(images, g, None, 0) for _ in range(2)]
+    views += [m.local_pipeline(images, g) for _ in range(num_local_crops)]
+    z = torch.stack([m.projector(m.encoder(x)) for x in views])
+    expected = multiview_nt_xent(z, m.cfg.temperature, decoupled=True)
+    assert torch.allclose(results[True], expected, atol=1e-5)
+    assert not torch.allclose(results[True], results[False], atol=1e-3)

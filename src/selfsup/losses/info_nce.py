@@ -57,6 +57,7 @@ def nt_xent(
     all_z1: Tensor | None = None,
     all_z2: Tensor | None = None,
     offset: int = 0,
+    decoupled: bool = False,
 ) -> Tensor:
     """SimCLR's normalised-temperature cross entropy over 2N views.
 
@@ -71,6 +72,10 @@ def nt_xent(
         temperature: softmax temperature (SimCLR: 0.5 for CIFAR-10, 0.1 at large batch).
         all_z1, all_z2: (G, D) embeddings of the global batch; default ``z1``/``z2``.
         offset: index of this process's first row in ``all_z1``.
+        decoupled: leave the positive out of the denominator (DCL, Yeh et al., 2022): each
+            view's loss is ``-s_p / t + log sum_{k != self, positive} exp(s_k / t)``, which
+            removes the factor that shrinks the gradient when the positive already dominates
+            (small batches, early training).
 
     Returns:
         Scalar loss.
@@ -84,7 +89,13 @@ def nt_xent(
     rows = torch.arange(n, device=z1.device) + offset
     self_index = torch.cat([rows, rows + g])
     positive_index = torch.cat([rows + g, rows])
-    logits = logits.masked_fill(F.one_hot(self_index, 2 * g).bool(), torch.finfo(logits.dtype).min)
+    masked = F.one_hot(self_index, 2 * g).bool()
+    if decoupled:
+        positive = logits.gather(1, positive_index[:, None]).squeeze(1)
+        masked = masked | F.one_hot(positive_index, 2 * g).bool()
+        negatives = logits.masked_fill(masked, torch.finfo(logits.dtype).min)
+        return (torch.logsumexp(negatives, dim=1) - positive).mean()
+    logits = logits.masked_fill(masked, torch.finfo(logits.dtype).min)
     return F.cross_entropy(logits, positive_index)
 
 
@@ -95,6 +106,7 @@ def multiview_nt_xent(
     *,
     all_views: Tensor | None = None,
     offset: int = 0,
+    decoupled: bool = False,
 ) -> Tensor:
     """NT-Xent over V >= 2 views per image (multi-crop contrastive learning).
 
@@ -110,6 +122,8 @@ def multiview_nt_xent(
         all_views: (V, G, D) the views of the global batch (gathered with gradients under data
             parallelism); default ``views``.
         offset: index of this process's first image in ``all_views``.
+        decoupled: the denominator runs over the other images' views only (DCL, see
+            :func:`nt_xent`); with V = 2 this is ``nt_xent(..., decoupled=True)``.
 
     Returns:
         Scalar loss (mean over this process's V * n anchors).
@@ -131,10 +145,16 @@ def multiview_nt_xent(
     image = (torch.arange(n, device=views.device) + offset).repeat(v)  # image of each query
     view = torch.arange(v, device=views.device).repeat_interleave(n)
     self_index = view * g + image
-    logits = logits.masked_fill(F.one_hot(self_index, v * g).bool(), torch.finfo(logits.dtype).min)
-    log_prob = F.log_softmax(logits, dim=1)  # (V n, V G)
     # positives of query (view u, image i): columns (w, i) for every w != u
     positive_cols = torch.arange(v, device=views.device)[None, :] * g + image[:, None]  # (Vn, V)
-    positive = log_prob.gather(1, positive_cols)  # (V n, V), includes the query itself
     not_self = torch.arange(v, device=views.device)[None, :] != view[:, None]
+    if decoupled:
+        same_image = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, positive_cols, True)
+        negatives = logits.masked_fill(same_image, torch.finfo(logits.dtype).min)
+        positive = logits.gather(1, positive_cols)  # (V n, V)
+        log_prob = positive - torch.logsumexp(negatives, dim=1, keepdim=True)
+        return -(log_prob * not_self).sum() / (v * n * (v - 1))
+    logits = logits.masked_fill(F.one_hot(self_index, v * g).bool(), torch.finfo(logits.dtype).min)
+    log_prob = F.log_softmax(logits, dim=1)  # (V n, V G)
+    positive = log_prob.gather(1, positive_cols)  # (V n, V), includes the query itself
     return -(positive * not_self).sum() / (v * n * (v - 1))

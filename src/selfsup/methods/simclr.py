@@ -16,6 +16,12 @@ view normalised by its own statistics, as lightly and most PyTorch ports do; it 
 arithmetic in smaller batches, which on the native-bf16 CPU of BENCHMARKS.md runs 6% faster at
 full width and 32 px (``benchmarks/bench_vs_lightly.py``). The two give different BatchNorm
 statistics, hence different training runs.
+
+**Decoupled denominator (an extension, off by default).** With ``decoupled: true`` the loss is
+DCL's (Yeh et al., "Decoupled Contrastive Learning", ECCV 2022): the positive pair is left out
+of the softmax denominator, so each view's loss is ``-s_pos / t + log sum_neg exp(s / t)``.
+The paper shows the coupled term damps the gradient most when batches are small and training is
+short; everything else (views, projector, temperature) is unchanged.
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ class SimCLRConfig(ProjectorConfig):
     """Crop area range of the local crops."""
     encode_views: Literal["joint", "separate"] = "joint"
     """One encoder pass over both views (shared BatchNorm statistics) or one per view (module
+    docstring)."""
+    decoupled: bool = False
+    """Leave the positive out of the softmax denominator (decoupled contrastive learning; module
     docstring)."""
 
 
@@ -85,7 +94,13 @@ class SimCLR(ProjectorMethod):
         if self.local_pipeline is None:
             all_z1, all_z2 = gather_with_grad(z1), gather_with_grad(z2)
             loss = nt_xent(
-                z1, z2, self.cfg.temperature, all_z1=all_z1, all_z2=all_z2, offset=offset
+                z1,
+                z2,
+                self.cfg.temperature,
+                all_z1=all_z1,
+                all_z2=all_z2,
+                offset=offset,
+                decoupled=self.cfg.decoupled,
             )
         else:
             local = torch.cat(
@@ -100,7 +115,11 @@ class SimCLR(ProjectorMethod):
             views = torch.cat([z, z_local]).view(-1, n, z.shape[1])  # (2 + k, n, D)
             all_views = gather_with_grad(views.transpose(0, 1)).transpose(0, 1)
             loss = multiview_nt_xent(
-                views, self.cfg.temperature, all_views=all_views, offset=offset
+                views,
+                self.cfg.temperature,
+                all_views=all_views,
+                offset=offset,
+                decoupled=self.cfg.decoupled,
             )
         with torch.no_grad():
             zn = torch.nn.functional.normalize(z, dim=1)

@@ -55,6 +55,11 @@ class ConvDecoder(nn.Module):
         out_size: output side H = W.
         hidden_dim: width of the first stage.
         min_dim: smallest stage width.
+        channels_last_out: lay the output out channels-last (one contiguous row of channels
+            per pixel) whatever the input's layout, for per-pixel losses over many channels
+            (classification over colour bins): the final 1x1 convolution then reads a
+            channels-last copy of its ``min_dim``-wide input instead of the loss copying the
+            ``out_channels``-wide output into rows. A no-op for channels-last inputs (bf16).
     """
 
     def __init__(
@@ -64,9 +69,11 @@ class ConvDecoder(nn.Module):
         out_size: int,
         hidden_dim: int = 256,
         min_dim: int = 32,
+        channels_last_out: bool = False,
     ) -> None:
         super().__init__()
         self.out_size = out_size
+        self.channels_last_out = channels_last_out
         self.hidden_dim, self.min_dim = hidden_dim, min_dim
         self.inp = nn.Sequential(
             nn.Conv2d(in_dim, hidden_dim, 1, bias=False), nn.BatchNorm2d(hidden_dim), nn.ReLU()
@@ -108,6 +115,8 @@ class ConvDecoder(nn.Module):
             x = stage(x)
         if x.shape[-1] != self.out_size or x.shape[-2] != self.out_size:
             x = F.interpolate(x, size=(self.out_size, self.out_size), mode="bilinear")
+        if self.channels_last_out:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.out(x)
 
 

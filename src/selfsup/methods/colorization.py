@@ -119,7 +119,12 @@ class Colorization(LabMethod):
             self.ab_bins = self.soft_ab_bins()
             out_channels = self.ab_bins.num_bins
         self.decoder = ConvDecoder(
-            dim, out_channels, self.out_size, cfg.decoder_dim, cfg.decoder_min_dim
+            dim,
+            out_channels,
+            self.out_size,
+            cfg.decoder_dim,
+            cfg.decoder_min_dim,
+            channels_last_out=self.ab_bins is not None,  # the bin loss reads pixel rows
         ).build(h)
 
     def predict(self, lab: Tensor) -> Tensor:

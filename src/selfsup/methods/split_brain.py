@@ -104,8 +104,13 @@ class SplitBrain(LabMethod):
             )
             ab_out, l_out = self.ab_bins.num_bins, self.l_bins.num_bins
         dd, md = cfg.decoder_dim, cfg.decoder_min_dim
-        self.ab_decoder = ConvDecoder(dim_l, ab_out, self.out_size, dd, md).build(h_l)
-        self.l_decoder = ConvDecoder(dim_ab, l_out, self.out_size, dd, md).build(h_ab)
+        rows = cfg.mode == "classification"  # the bin losses read pixel rows
+        self.ab_decoder = ConvDecoder(
+            dim_l, ab_out, self.out_size, dd, md, channels_last_out=rows
+        ).build(h_l)
+        self.l_decoder = ConvDecoder(
+            dim_ab, l_out, self.out_size, dd, md, channels_last_out=rows
+        ).build(h_ab)
 
     # --- model -----------------------------------------------------------------------------
     def predict(self, lab: Tensor) -> tuple[Tensor, Tensor]:

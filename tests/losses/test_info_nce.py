@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -149,3 +150,12 @@ def test_decoupled_multiview_matches_a_loop_and_two_views_is_decoupled_nt_xent()
         for s in (0, 2)
     ]
     assert torch.allclose(sum(shards) / 2, multiview_nt_xent(z, t, decoupled=True), atol=1e-6)
+
+
+def test_decoupled_losses_refuse_a_batch_without_negatives():
+    z = torch.randn(1, 4)
+    assert torch.isfinite(nt_xent(z, z + 0.1, 0.1))  # coupled: the positive alone, loss 0
+    with pytest.raises(ValueError, match="no negatives"):
+        nt_xent(z, z + 0.1, 0.1, decoupled=True)
+    with pytest.raises(ValueError, match="no negatives"):
+        multiview_nt_xent(torch.randn(3, 1, 4), 0.1, decoupled=True)

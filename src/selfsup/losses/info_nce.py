@@ -48,6 +48,15 @@ def info_nce(
     return F.cross_entropy(logits / temperature, targets)
 
 
+def _check_negatives(global_images: int) -> None:
+    """The decoupled losses have only other images' views in their denominator."""
+    if global_images < 2:
+        raise ValueError(
+            "the decoupled loss needs at least 2 images in the (global) batch: with one image "
+            "there are no negatives to contrast with"
+        )
+
+
 @full_precision
 def nt_xent(
     z1: Tensor,
@@ -91,6 +100,7 @@ def nt_xent(
     positive_index = torch.cat([rows + g, rows])
     masked = F.one_hot(self_index, 2 * g).bool()
     if decoupled:
+        _check_negatives(g)
         positive = logits.gather(1, positive_index[:, None]).squeeze(1)
         masked = masked | F.one_hot(positive_index, 2 * g).bool()
         negatives = logits.masked_fill(masked, torch.finfo(logits.dtype).min)
@@ -149,6 +159,7 @@ def multiview_nt_xent(
     positive_cols = torch.arange(v, device=views.device)[None, :] * g + image[:, None]  # (Vn, V)
     not_self = torch.arange(v, device=views.device)[None, :] != view[:, None]
     if decoupled:
+        _check_negatives(g)
         same_image = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, positive_cols, True)
         negatives = logits.masked_fill(same_image, torch.finfo(logits.dtype).min)
         positive = logits.gather(1, positive_cols)  # (V n, V)

@@ -59,6 +59,7 @@ def test_lab_methods_classify_colour_bins_from_channels_last_logits_in_float32()
     from selfsup.methods import Colorization, SplitBrain
 
     kw = {"image_size": 16, "mean": (0.5,) * 3, "std": (0.25,) * 3}
+
     def colorization(**cfg) -> Colorization:
         enc = build_backbone("resnet_tiny", in_channels=1)
         return Colorization(enc, Colorization.Config(decoder_dim=32, **cfg), **kw)

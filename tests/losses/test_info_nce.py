@@ -146,8 +146,7 @@ def test_decoupled_multiview_matches_a_loop_and_two_views_is_decoupled_nt_xent()
         multiview_nt_xent(two, t, decoupled=True), nt_xent(two[0], two[1], t, decoupled=True)
     )
     shards = [
-        multiview_nt_xent(z[:, s : s + 2], t, all_views=z, offset=s, decoupled=True)
-        for s in (0, 2)
+        multiview_nt_xent(z[:, s : s + 2], t, all_views=z, offset=s, decoupled=True) for s in (0, 2)
     ]
     assert torch.allclose(sum(shards) / 2, multiview_nt_xent(z, t, decoupled=True), atol=1e-6)
 

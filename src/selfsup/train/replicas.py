@@ -145,8 +145,15 @@ class CPUReplicas:
         )
         weights = [len(shard) / len(images) for shard in image_shards]
         futures = [
-            pool.submit(_shard_step, replica, shard, shard_labels, replica_seed(step_seed, k),
-                        weight, amp_dtype)  # fmt: skip
+            pool.submit(
+                _shard_step,
+                replica,
+                shard,
+                shard_labels,
+                replica_seed(step_seed, k),
+                weight,
+                amp_dtype,
+            )
             for k, (replica, shard, shard_labels, weight) in enumerate(
                 zip(self.methods, image_shards, label_shards, weights, strict=True)
             )

@@ -36,19 +36,24 @@ def test_info_nce_in_batch_negatives_matches_formula():
     assert abs(info_nce(q, k, temperature=t).item() - expected / 4) < 1e-5
 
 
-def test_nt_xent_matches_handwritten_simclr_loss():
-    torch.manual_seed(2)
-    n, t = 4, 0.5
-    z1, z2 = torch.randn(n, 3), torch.randn(n, 3)
+def _handwritten_nt_xent(z1, z2, t, decoupled=False):
+    """SimCLR's loss over the 2N views by hand: view i's positive is j = i +- N; its
+    denominator runs over every other view, the positive too unless ``decoupled`` (DCL)."""
+    n = len(z1)
     views = torch.cat([z1, z2])
-    expected = 0.0
+    total = 0.0
     for i in range(2 * n):
         j = (i + n) % (2 * n)
-        num = math.exp(_cos(views[i], views[j]) / t)
-        den = sum(math.exp(_cos(views[i], views[m]) / t) for m in range(2 * n) if m != i)
-        expected += -math.log(num / den)
-    expected /= 2 * n
-    assert abs(nt_xent(z1, z2, t).item() - expected) < 1e-5
+        left_out = (i, j) if decoupled else (i,)
+        den = sum(math.exp(_cos(views[i], views[m]) / t) for m in range(2 * n) if m not in left_out)
+        total += -_cos(views[i], views[j]) / t + math.log(den)
+    return total / (2 * n)
+
+
+def test_nt_xent_matches_handwritten_simclr_loss():
+    torch.manual_seed(2)
+    z1, z2 = torch.randn(4, 3), torch.randn(4, 3)
+    assert abs(nt_xent(z1, z2, 0.5).item() - _handwritten_nt_xent(z1, z2, 0.5)) < 1e-5
 
 
 def test_nt_xent_sharded_mean_equals_global_loss():
@@ -104,15 +109,9 @@ def test_multiview_nt_xent_sharded_mean_equals_global_loss():
 def test_decoupled_nt_xent_matches_handwritten_dcl_loss():
     # DCL: the positive leaves the denominator; self stays out as before.
     torch.manual_seed(8)
-    n, t = 4, 0.2
-    z1, z2 = torch.randn(n, 3), torch.randn(n, 3)
-    views = torch.cat([z1, z2])
-    expected = 0.0
-    for i in range(2 * n):
-        j = (i + n) % (2 * n)
-        den = sum(math.exp(_cos(views[i], views[m]) / t) for m in range(2 * n) if m not in (i, j))
-        expected += -_cos(views[i], views[j]) / t + math.log(den)
-    expected /= 2 * n
+    t = 0.2
+    z1, z2 = torch.randn(4, 3), torch.randn(4, 3)
+    expected = _handwritten_nt_xent(z1, z2, t, decoupled=True)
     assert abs(nt_xent(z1, z2, t, decoupled=True).item() - expected) < 1e-5
     assert abs(nt_xent(z1, z2, t).item() - expected) > 1e-3  # the flag changes the loss
 

@@ -48,8 +48,9 @@ def _save(path: Path, data: dict[str, Any]) -> None:
 
 
 def _fields(record: dict[str, Any]) -> dict[str, Any]:
-    keep = ("knn_top1", "knn20_top1", "linear_top1", "train_seconds", "eval_seconds",
-            "images_seen", "recipe", "precision", "threads", "seed", "evaluation")  # fmt: skip
+    keep = ("knn_top1", "knn20_top1", "linear_top1", "online_knn_top1", "online_knn20_top1",
+            "online_linear_top1", "train_seconds", "eval_seconds", "images_seen", "recipe",
+            "precision", "threads", "seed", "evaluation")  # fmt: skip
     return {k: record[k] for k in keep if k in record}
 
 
@@ -68,6 +69,9 @@ def search(args: argparse.Namespace) -> None:
            "overrides": args.overrides, **_fields(record),
            "when": time.strftime("%Y-%m-%d %H:%M")}  # fmt: skip
     row["val_knn_top1"], row["val_knn20_top1"] = row.pop("knn_top1"), row.pop("knn20_top1")
+    if "online_knn_top1" in row:  # train.encoder_ema: the same run's trained weights
+        row["val_online_knn_top1"] = row.pop("online_knn_top1")
+        row["val_online_knn20_top1"] = row.pop("online_knn20_top1")
     data["rows"].append(row)
     data["protocol"] = (f"CIFAR-10 train minus a class-balanced holdout of {HOLDOUT} images, "
                         "kNN@200/20 (t=0.1) with the held-out images as queries")  # fmt: skip

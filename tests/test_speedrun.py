@@ -52,6 +52,20 @@ def test_a_short_speedrun_writes_a_valid_run_directory(tiny_npz, tmp_path, capsy
                  str(tiny_npz)]) == 0  # fmt: skip
 
 
+def test_with_an_encoder_average_the_trained_weights_are_judged_too(tiny_npz, tmp_path):
+    out = tmp_path / "sr"
+    assert main(["speedrun", "--minutes", "0.05", "--out", str(out), "--data", str(tiny_npz),
+                 *SMALL, "train.encoder_ema=0.9"]) == 0  # fmt: skip
+    record = json.loads((out / "speedrun.json").read_text())
+    for key in ("knn_top1", "knn20_top1", "online_knn_top1", "online_knn20_top1"):
+        assert 0 <= record[key] <= 1, key
+    assert "online_linear_top1" not in record  # no --linear
+    assert (out / "encoder_online.safetensors").exists()
+    # the trained weights are an encoder the evaluation commands take
+    assert main(["eval", "knn", str(out / "encoder_online.safetensors"), "--data",
+                 str(tiny_npz), "--test-data", str(tiny_npz)]) == 0  # fmt: skip
+
+
 def test_unlabeled_folder_reports_effective_rank_and_pretext_metrics(tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -221,6 +221,14 @@ class TrainConfig(Section):
     """``auto``: on for CUDA and bf16-capable CPUs (it slows fp32 convolutions on AVX2 CPUs)."""
     compile: bool = False
     grad_clip: float | None = Field(default=None, gt=0)
+    encoder_ema: float | None = Field(default=None, gt=0, lt=1)
+    """Keep an exponential moving average of the encoder's weights with this decay per
+    optimizer step (e.g. 0.999: a horizon of about 1,000 steps; the decay ramps up as
+    ``min(decay, (1 + k) / (10 + k))`` over the first updates k, so the random start fades)
+    and make it the run's encoder: ``encoder.safetensors`` holds the averaged weights and
+    ``encoder_online.safetensors`` the trained ones. BatchNorm statistics are the trained
+    network's latest. Checkpoints keep the average (exact resume); their own
+    ``encoder.safetensors`` and the online kNN monitor are the trained weights. None: off."""
     device: str = "auto"
     num_threads: int | None = Field(default=None, gt=0)
     cpu_replicas: int = Field(default=1, ge=1)

@@ -11,6 +11,8 @@ Then it evaluates the encoder:
 
 - on labeled data with a test split (``cifar10``): kNN@200 and kNN@20 with the whole train
   split as the bank and the test split as queries, and with ``linear`` a linear probe;
+- with ``train.encoder_ema`` set, the same for the trained (not averaged) weights too, as
+  ``online_knn_top1`` / ``online_knn20_top1`` (/ ``online_linear_top1``);
 - with ``holdout=K``: the K held-out training images (never trained on) are the queries and the
   rest of the train split the bank (tune with this, report with the test split);
 - on an unlabeled source (a flat image folder): the method's pretext metrics and the effective
@@ -168,6 +170,12 @@ def _evaluate(
     }
     if linear:
         out["linear_top1"] = r["linear_top1"]
+    online = run_dir / "encoder_online.safetensors"
+    if online.exists():  # train.encoder_ema: the trained weights themselves, for comparison
+        r = evaluate_encoder(str(online), data, protocols=protocols, device=eval_device)
+        out["online_knn_top1"], out["online_knn20_top1"] = r["knn@200"], r["knn@20"]
+        if linear:
+            out["online_linear_top1"] = r["linear_top1"]
     return out
 
 

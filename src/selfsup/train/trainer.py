@@ -36,6 +36,7 @@ from selfsup.data import (
 from selfsup.data.training_data import TrainingSource
 from selfsup.errors import ConfigError, TrainingError, TrainingInterrupted
 from selfsup.methods import Method, get_method
+from selfsup.methods.momentum import EMA
 from selfsup.models import build_method, method_encoder_meta
 from selfsup.models import write_pictures as write_pictures  # an alias; it lives in models
 from selfsup.train.callbacks import (
@@ -105,8 +106,9 @@ class TrainStep:
     autocast (``amp_dtype``; None = fp32) returning ``(loss, metrics)``, backward through the
     (fp16-only) grad scaler, the gradient norm (clipped to ``grad_clip`` when set; always
     computed), a finiteness check of loss and norm, then ``before_optimizer_step``, the optimizer
-    step and ``on_after_step`` (EMA teachers, queues, centres). A non-finite step zeroes the
-    gradients and applies nothing. ``forward`` is the method itself, its DDP wrapper or its
+    step and ``on_after_step`` (EMA teachers, queues, centres), then, with ``encoder_ema``, the
+    update of the encoder's weight average. A non-finite step zeroes the gradients and applies
+    nothing. ``forward`` is the method itself, its DDP wrapper or its
     compiled form; the hooks always go to the bare ``method``.
     """
 
@@ -121,6 +123,9 @@ class TrainStep:
     total_steps: int
     replicas: CPUReplicas | None = None
     """``train.cpu_replicas > 1``: forward and backward run as parallel shards instead."""
+    encoder_ema: EMA | None = None
+    """``train.encoder_ema``: the average of the encoder's weights (``encoder_ema["encoder"]``),
+    updated after every applied step with :func:`encoder_ema_decay`."""
 
     def __post_init__(self) -> None:
         self.params = [p for p in self.method.parameters() if p.requires_grad]
@@ -168,7 +173,17 @@ class TrainStep:
         scaler.step(optimizer)
         scaler.update()
         self.method.on_after_step(step, self.total_steps)
+        if self.encoder_ema is not None:
+            decay = encoder_ema_decay(self.encoder_ema.base_momentum, step)
+            self.encoder_ema.update({"encoder": self.method.encoder}, step, 0, momentum=decay)
         return loss, metrics, True
+
+
+def encoder_ema_decay(decay: float, step: int) -> float:
+    """The decay of the encoder's weight average after optimizer step ``step`` (0-based):
+    ``min(decay, (1 + step) / (10 + step))``, so the first updates follow the trained weights
+    closely and the random initialisation fades from the average."""
+    return min(decay, (1 + step) / (10 + step))
 
 
 def load_training_source(cfg: RunConfig) -> TrainingSource:
@@ -425,6 +440,11 @@ class Trainer:
                     "segments": self.checkpointed_segments,
                     "metrics_bytes": run.logger.size(),
                     "view_size": self.view_size,
+                    "encoder_ema": (
+                        None
+                        if self.train_step.encoder_ema is None
+                        else self.train_step.encoder_ema.state_dict()
+                    ),
                 },
                 {
                     "method": self.cfg.method,
@@ -478,13 +498,17 @@ class Trainer:
         if run.is_main:
             if skipped:
                 write_json(listed, list(skipped.values()))
-            save_weights(run.method.encoder, encoder_path)
+            ema = self.train_step.encoder_ema
+            if ema is not None:  # the average is the run's encoder; the trained weights beside
+                save_weights(run.method.encoder, self.run_dir / "encoder_online.safetensors")
+            save_weights(run.method.encoder if ema is None else ema["encoder"], encoder_path)
             summary = {
                 "steps": run.step,
                 "final_loss": run.last_loss,
                 "seconds": seconds,
                 "elapsed_seconds": self.elapsed(),
                 "time_budget_minutes": cfg.train.time_budget_minutes,
+                "encoder_ema": cfg.train.encoder_ema,
                 "images_per_second": rate,
                 "images_seen": run.step * cfg.train.batch_size,
                 "skipped_steps": run.skipped_steps,
@@ -580,6 +604,7 @@ class Trainer:
             grad_clip=tcfg.grad_clip,
             total_steps=total_steps,
             replicas=replicas,
+            encoder_ema=self._encoder_ema(method),
         )
         return TrainingRun(
             cfg=cfg, run_dir=self.run_dir, device=device, is_main=main, world_size=world,
@@ -588,6 +613,18 @@ class Trainer:
             steps_per_epoch=steps_per_epoch, total_steps=total_steps, start_step=start_step,
             step=start_step, skipped_steps=skipped_steps,
         )  # fmt: skip
+
+    def _encoder_ema(self, method: Method) -> EMA | None:
+        """``train.encoder_ema``: the encoder's weight average, from the resumed checkpoint's
+        when there is one (a run that did not keep one starts it from the current weights)."""
+        decay = self.cfg.train.encoder_ema
+        if decay is None:
+            return None
+        ema = EMA({"encoder": method.encoder}, base_momentum=decay, schedule="constant")
+        saved = self.resumed_state.get("encoder_ema")
+        if saved is not None:
+            ema.load_state_dict(saved)
+        return ema
 
     def _replicas(self, method: Method, device: torch.device, world: int) -> CPUReplicas | None:
         """``train.cpu_replicas``: the shard runner, or None for one replica or a device other

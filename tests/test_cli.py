@@ -88,6 +88,25 @@ def _train_digits(out_dir, *extra):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "extra",
+    [["train.cpu_replicas=2", "train.num_threads=2"], ["train.encoder_ema=0.99"]],
+    ids=["two_cpu_replicas", "encoder_ema"],
+)
+def test_simclr_with_a_training_option_still_beats_a_random_encoder(tmp_path, extra):
+    """Learning test for options that change how the weights are trained or which weights
+    the run keeps: the run's encoder beats a random one of the same architecture on kNN."""
+    run = tmp_path / "run"
+    assert _train_digits(run, *extra) == 0
+    out_json = tmp_path / "eval.json"
+    args = ["eval", "knn", str(run), f"random:{run}", "--data", "digits", "--json", str(out_json)]
+    assert main(args) == 0
+    trained, random = json.loads(out_json.read_text())
+    assert trained["knn@20"] > random["knn@20"] + 0.05, (trained, random)
+    assert trained["knn@200"] > random["knn@200"] + 0.05, (trained, random)
+
+
+@pytest.mark.slow
 def test_simclr_learns_beats_random_encoder_on_knn_and_exports(tmp_path, capsys):
     """Learning test: a tiny SimCLR run on scikit-learn's digits beats a random encoder of
     the same architecture on kNN, evaluated through the CLI."""

@@ -185,6 +185,7 @@ class KnnMonitorConfig(Section):
 class TrainConfig(Section):
     epochs: float = Field(default=10, gt=0)
     max_steps: int | None = Field(default=None, gt=0)
+    """Stop after this many optimizer steps (overrides epochs when smaller)."""
     time_budget_minutes: float | None = Field(default=None, gt=0)
     """Train for this many minutes of wall-clock time instead of ``epochs``: set-up, data
     loading and compilation count, evaluation does not. Every schedule (learning rate, target
@@ -211,7 +212,6 @@ class TrainConfig(Section):
             raise ValueError("sizes must be positive")
         return value
 
-    """Stop after this many optimizer steps (overrides epochs when smaller)."""
     batch_size: int = Field(default=256, gt=0)
     """Global batch size (split evenly over processes)."""
     optimizer: OptimizerConfig = OptimizerConfig()

@@ -108,8 +108,8 @@ class TrainStep:
     computed), a finiteness check of loss and norm, then ``before_optimizer_step``, the optimizer
     step and ``on_after_step`` (EMA teachers, queues, centres), then, with ``encoder_ema``, the
     update of the encoder's weight average. A non-finite step zeroes the gradients and applies
-    nothing. ``forward`` is the method itself, its DDP wrapper or its
-    compiled form; the hooks always go to the bare ``method``.
+    nothing. ``forward`` is the method itself, its DDP wrapper or its compiled form; the hooks
+    always go to the bare ``method``.
     """
 
     method: Method

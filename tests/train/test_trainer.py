@@ -101,7 +101,8 @@ def test_batch_larger_than_dataset_is_rejected(tiny_npz, tmp_path):
 
 def test_two_process_gloo_run_matches_one_process(tiny_npz, tmp_path):
     """torchrun with 2 CPU processes trains the same model as 1 process on the same global batch
-    (sharded data, augmentation drawn for the global batch, gathered negatives, global BN)."""
+    (sharded data, augmentation drawn for the global batch, gathered negatives, global BN),
+    and keeps the same average of the encoder's weights (``train.encoder_ema``)."""
     common = [
         f"data.source={tiny_npz}",
         "backbone.name=resnet_tiny",
@@ -115,6 +116,7 @@ def test_two_process_gloo_run_matches_one_process(tiny_npz, tmp_path):
         "train.num_threads=1",
         "method_args.proj_hidden_dim=32",
         "method_args.proj_out_dim=16",
+        "train.encoder_ema=0.5",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = tmp_path / "single"
@@ -151,12 +153,13 @@ def test_two_process_gloo_run_matches_one_process(tiny_npz, tmp_path):
         return [r["loss"] for r in rows if "loss" in r and "event" not in r]
 
     np.testing.assert_allclose(curve(ddp), curve(single), rtol=1e-4, atol=1e-5)
-    a = load_file(str(single / "encoder.safetensors"))
-    b = load_file(str(ddp / "encoder.safetensors"))
-    for key in a:
-        np.testing.assert_allclose(
-            b[key].numpy(), a[key].numpy(), rtol=1e-3, atol=1e-5, err_msg=key
-        )
+    for name in ("encoder_online.safetensors", "encoder.safetensors"):  # trained, averaged
+        a = load_file(str(single / name))
+        b = load_file(str(ddp / name))
+        for key in a:
+            np.testing.assert_allclose(
+                b[key].numpy(), a[key].numpy(), rtol=1e-3, atol=1e-5, err_msg=f"{name}: {key}"
+            )
 
 
 def test_image_folder_run_skips_and_lists_unreadable_files(tmp_path):

@@ -23,7 +23,7 @@ from selfsup.methods.colorization import (
     soft_encode,
     soft_encode_dense,
 )
-from selfsup.methods.lab_pretext import _SoftCrossEntropy, top1_hits
+from selfsup.methods.lab_pretext import GridIndex, _nearest_all, _SoftCrossEntropy, top1_hits
 
 MEAN, STD = (0.5,) * 3, (0.25,) * 3
 
@@ -87,6 +87,33 @@ def test_soft_encoding_sums_to_one_and_peaks_at_the_true_bin():
     e = torch.tensor([math.exp(-4 / 50), math.exp(-64 / 50)])
     assert idx.flatten().tolist() == [1, 2]
     assert torch.allclose(w.flatten(), e / e.sum())
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 6, 9])
+def test_the_grid_index_finds_the_nearest_bins_the_full_search_finds(k):
+    """Six candidates per value (k <= 5), the 5 x 5 window (larger k, bins missing nearby)
+    and the full search (values off the table) together give the full search's answer: the
+    same distances, and bins at those distances (which of two equally near bins is kept may
+    differ); on values without ties, the same bins and soft targets."""
+    bins = ab_bins()
+    g = torch.Generator().manual_seed(4)
+    untied = torch.cat([
+        rgb_to_lab(torch.rand(1, 3, 64, 64, generator=g))[0, 1:].reshape(2, -1).T,  # colours
+        (torch.rand(20_000, 2, generator=g) - 0.5) * 280,  # in, at the edge of and off the gamut
+        (torch.rand(500, 2, generator=g) - 0.5) * 2_000,  # far off the table
+    ])  # fmt: skip
+    tied = torch.randint(-11, 12, (500, 2), generator=g) * 10.0 + 1e-3  # by grid points
+    values = torch.cat([untied, tied])
+    index = GridIndex(bins, 10.0)
+    d2, idx = index.nearest(values, bins, k)
+    want_d2, want_idx = _nearest_all(values, bins, k)
+    assert torch.equal(d2, want_d2)
+    assert torch.equal((values[:, None, :] - bins[idx]).pow(2).sum(-1), d2)
+    assert torch.equal(idx[: len(untied)], want_idx[: len(untied)])
+    grid = untied.T.reshape(1, 2, -1, 1)
+    for a, b in zip(soft_encode(grid, bins, k, 5.0, index), soft_encode(grid, bins, k, 5.0),
+                    strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_rebalancing_weights_have_mean_one_under_the_prior_and_favour_rare_bins():

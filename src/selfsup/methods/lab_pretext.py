@@ -87,11 +87,20 @@ def _nearest_all(v: Tensor, c: Tensor, k: int) -> tuple[Tensor, Tensor]:
 class GridIndex:
     """Exact k-nearest-centre search for centres on a square grid (e.g. the ab bins).
 
-    Only the ``(2 r + 1)^2`` grid points around a value's nearest grid point are examined
-    (5 x 5 for r = 2, instead of all Q centres). A grid point outside that window is at least
-    ``(r + 0.5) * grid`` away, so when the k-th nearest candidate is closer than that the
-    result is exact; other values (and values off the table) fall back to the full search.
+    For ``k <= 5`` only six grid points per value are examined: with ``u`` the value in grid
+    units, ``n`` its nearest grid point and ``f = u - n`` mirrored into ``[0, 1/2]^2``, the
+    offsets (0, 0), (1, 0), (0, 1), (1, 1), (-1, 0), (0, -1) (mirrored back). Every other grid
+    point is at least as far as the nearest of (-1, 1), (1, -1), (2, 0), (0, 2), so when the
+    k-th nearest candidate is no farther than that the result is exact. Values where it is not
+    (a bin missing from the table nearby, e.g. at the gamut's edge) and larger ``k`` search the
+    ``(2 r + 1)^2`` grid points around ``n`` (5 x 5 for r = 2; a point outside that window is
+    at least ``(r + 0.5) * grid`` away), and values that this does not settle either (or that
+    lie off the table) search all Q centres.
     """
+
+    NEAR = ((0, 0), (1, 0), (0, 1), (1, 1), (-1, 0), (0, -1))
+    """The six candidate offsets, for a value whose offset from its nearest grid point is
+    non-negative on both axes."""
 
     def __init__(self, centers: Tensor, grid: float, radius: int = 2) -> None:
         cells = torch.round(centers.double() / grid).long()
@@ -105,22 +114,47 @@ class GridIndex:
         self.table = table
         r = torch.arange(-radius, radius + 1)
         self.offsets = torch.stack(torch.meshgrid(r, r, indexing="ij"), -1).reshape(-1, 2)
+        self.near = torch.tensor(self.NEAR)
 
     def nearest(self, v: Tensor, c: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """Like the full search: (squared distances, idx), both (P, k), nearest first."""
-        table, offsets, low = (t.to(v.device) for t in (self.table, self.offsets, self.low))
-        cell = torch.round(v / self.grid).long() - low  # (P, 2) into the table
+        if k >= len(self.NEAR):
+            return self._nearest_in_window(v, c, k)
+        u = v / self.grid
+        n = torch.round(u)
+        f = u - n
+        mirror = torch.where(f < 0, -1.0, 1.0)  # (P, 2)
+        cand = n[:, None, :] + self.near.to(v)[None] * mirror[:, None, :]  # (P, 6, 2)
+        nd2, idx = self._candidates(v, c, cand.long(), k)
+        a, b = f.abs().unbind(1)
+        farther = torch.stack([(1 + a) ** 2 + (1 - b) ** 2, (1 - a) ** 2 + (1 + b) ** 2,
+                               (2 - a) ** 2 + b**2, a**2 + (2 - b) ** 2]).amin(0)  # fmt: skip
+        redo = (~(nd2[:, -1] <= farther * self.grid**2)).nonzero().squeeze(1)
+        if redo.numel():
+            nd2[redo], idx[redo] = self._nearest_in_window(v[redo], c, k)
+        return nd2, idx
+
+    def _candidates(self, v: Tensor, c: Tensor, cells: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """The k nearest of the grid points ``cells`` (P, W, 2) (in grid units) that are bins:
+        (squared distances, idx), both (P, k); inf and -1 where fewer than k are bins."""
+        table, low = self.table.to(v.device), self.low.to(v.device)
         size = torch.tensor(table.shape, device=v.device)
-        inside = ((cell >= self.radius) & (cell < size - self.radius)).all(1)
-        cand = cell.clamp(torch.zeros_like(size), size - 1)[:, None, :] + offsets  # (P, W, 2)
-        cand = torch.minimum(cand.clamp_min(0), size - 1)
-        idx = table[cand[..., 0], cand[..., 1]]  # (P, W) bin index or -1
+        cells = cells - low
+        on_table = ((cells >= 0) & (cells < size)).all(-1)
+        cells = torch.minimum(cells.clamp_min(0), size - 1)
+        idx = table[cells[..., 0], cells[..., 1]].masked_fill(~on_table, -1)  # (P, W)
         d2 = (v[:, None, :] - c[idx.clamp_min(0)]).pow(2).sum(-1)
         d2 = d2.masked_fill(idx < 0, float("inf"))
         nd2, j = torch.topk(d2, k, dim=1, largest=False, sorted=True)
-        idx = idx.gather(1, j)
+        return nd2, idx.gather(1, j)
+
+    def _nearest_in_window(self, v: Tensor, c: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """The ``(2 r + 1)^2`` window around each value's nearest grid point, then the full
+        search where that does not settle it."""
+        n = torch.round(v / self.grid).long()  # (P, 2)
+        nd2, idx = self._candidates(v, c, n[:, None, :] + self.offsets.to(v.device), k)
         bound = ((self.radius + 0.5) * self.grid) ** 2
-        redo = (~inside | ~(nd2[:, -1] <= bound)).nonzero().squeeze(1)
+        redo = (~(nd2[:, -1] <= bound)).nonzero().squeeze(1)
         if redo.numel():
             nd2[redo], idx[redo] = _nearest_all(v[redo], c, k)
         return nd2, idx

@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_runs import Crash, CrashAt, tiny_run_config
 
 from selfsup.config import load_config
 from selfsup.errors import ConfigError
@@ -20,14 +21,8 @@ DECAY = 0.8
 
 
 def cfg_for(data, out_dir, *extra):
-    return load_config("simclr", None, [
-        f"data.source={data}", f"out_dir={out_dir}", "backbone.name=resnet_tiny",
-        "train.batch_size=16", "train.epochs=2", "train.precision=fp32",
-        "train.schedule.warmup_fraction=0.1",
-        "train.checkpoint_every_steps=2", "train.progress=false", "train.tensorboard=false",
-        "train.num_threads=1", "train.knn_monitor.every_epochs=0",
-        "method_args.proj_hidden_dim=32", "method_args.proj_out_dim=16", *extra,
-    ])  # fmt: skip
+    return tiny_run_config(data, out_dir, "train.schedule.warmup_fraction=0.1",
+                           "train.checkpoint_every_steps=2", *extra)  # fmt: skip
 
 
 class RecordEncoder(Callback):
@@ -39,19 +34,6 @@ class RecordEncoder(Callback):
     def on_step_end(self, run, out) -> None:
         state = run.method.encoder.state_dict()
         self.states.append({k: v.detach().clone() for k, v in state.items()})
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashAt(Callback):
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def on_step_end(self, run, out) -> None:
-        if run.step == self.at:
-            raise Crash
 
 
 def test_the_decay_ramps_up_to_its_value():

@@ -9,35 +9,17 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_runs import Crash, CrashAt, tiny_run_config
 
-from selfsup.config import load_config
-from selfsup.train import Callback, Trainer
+from selfsup.train import Trainer
 from selfsup.train.metrics_log import read_metrics, rewind_metrics
 
 TIMING = {"images_per_second"}
 
 
 def cfg_for(data, out_dir, *extra):
-    return load_config("simclr", None, [
-        f"data.source={data}", f"out_dir={out_dir}", "backbone.name=resnet_tiny",
-        "train.batch_size=16", "train.epochs=2", "train.precision=fp32",
-        "train.checkpoint_every_steps=2", "train.progress=false", "train.tensorboard=false",
-        "train.log_every_steps=1", "train.num_threads=1", "train.knn_monitor.every_epochs=0",
-        "method_args.proj_hidden_dim=32", "method_args.proj_out_dim=16", *extra,
-    ])  # fmt: skip
-
-
-class Crash(Exception):
-    """Stands in for a kill: the process dies after logging step ``at``, before its checkpoint."""
-
-
-class CrashAt(Callback):
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def on_step_end(self, run, out) -> None:  # after LogMetrics has written the row
-        if run.step == self.at:
-            raise Crash
+    return tiny_run_config(data, out_dir, "train.checkpoint_every_steps=2",
+                           "train.log_every_steps=1", *extra)  # fmt: skip
 
 
 def rows_without_timing(run_dir):

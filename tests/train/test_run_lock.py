@@ -12,8 +12,8 @@ import sys
 import time
 
 import pytest
+from tiny_runs import tiny_run_config
 
-from selfsup.config import load_config
 from selfsup.errors import TrainingError
 from selfsup.train import Callback, Trainer
 from selfsup.train.metrics_log import read_metrics
@@ -22,13 +22,7 @@ from selfsup.utils.locks import RunDirLock
 
 
 def cfg_for(data, out_dir, *extra):
-    return load_config("simclr", None, [
-        f"data.source={data}", f"out_dir={out_dir}", "backbone.name=resnet_tiny",
-        "train.batch_size=16", "train.max_steps=2", "train.precision=fp32",
-        "train.progress=false", "train.tensorboard=false", "train.num_threads=1",
-        "train.knn_monitor.every_epochs=0", "method_args.proj_hidden_dim=16",
-        "method_args.proj_out_dim=8", *extra,
-    ])  # fmt: skip
+    return tiny_run_config(data, out_dir, "train.max_steps=2", *extra)
 
 
 def _dead_pid() -> int:

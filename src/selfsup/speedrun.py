@@ -162,20 +162,19 @@ def _evaluate(
     else:
         where = "the test split"
     data = load_eval_data(cfg.data.source, root=root, holdout=holdout)
-    r = evaluate_encoder(str(run_dir), data, protocols=protocols, device=eval_device)
-    out = {
-        "knn_top1": r["knn@200"],
-        "knn20_top1": r["knn@20"],
+
+    def scores(spec: Path) -> dict[str, float]:
+        r = evaluate_encoder(str(spec), data, protocols=protocols, device=eval_device)
+        return {"knn_top1": r["knn@200"], "knn20_top1": r["knn@20"],
+                **({"linear_top1": r["linear_top1"]} if linear else {})}  # fmt: skip
+
+    out: dict[str, Any] = {
+        **scores(run_dir),
         "evaluation": f"kNN bank {len(data.train)} images, queries {len(data.test)} ({where})",
     }
-    if linear:
-        out["linear_top1"] = r["linear_top1"]
     online = run_dir / "encoder_online.safetensors"
     if online.exists():  # train.encoder_ema: the trained weights themselves, for comparison
-        r = evaluate_encoder(str(online), data, protocols=protocols, device=eval_device)
-        out["online_knn_top1"], out["online_knn20_top1"] = r["knn@200"], r["knn@20"]
-        if linear:
-            out["online_linear_top1"] = r["linear_top1"]
+        out.update({f"online_{k}": v for k, v in scores(online).items()})
     return out
 
 

@@ -34,6 +34,12 @@ contender (both libraries' models), as a user of either would.
   ``lightly_heap_cache`` only by trimming. ``bench_heap_cache.py`` measures the cache against
   glibc's defaults, one fresh process per mode; the ``--memory`` children are fresh processes
   too.
+* ``selfsup_compiled``, ``bare_compiled``, ``lightly_compiled`` (with ``--compile``): the
+  same three through ``torch.compile`` (inductor). selfsup's is what ``train.compile`` runs
+  (``auto`` picks it for fp32 runs on the CPU that are long enough to repay the compile time:
+  :func:`selfsup.utils.precision.use_compile`); lightly's is its model compiled by hand, as a
+  lightly user could (lightly's documented path does not), shown so that a reader sees how much
+  of selfsup's lead is the compiler. Compiling happens in the first round's warm-up steps.
 * ``selfsup_separate`` (with ``--separate``): ``selfsup`` with ``method_args.encode_views=
   separate``, one encoder pass per view as lightly runs it (per-view BatchNorm statistics),
   from the same initial weights.
@@ -134,26 +140,30 @@ def build(args: argparse.Namespace, precision: str, only: str | None = None) -> 
     with torch.no_grad():
         x = images[:B]
         premade = torch.cat([method.views(x, g, None, 0), method.views(x, g, None, 0)])
-    bare_opt = torch.optim.SGD(bare_backbone.parameters(), lr=0.01, momentum=0.9)
 
-    def bare_step() -> None:
-        with autocast():
-            loss = bare_backbone(premade).float().sum()
-        bare_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        bare_opt.step()
+    def bare_runner(backbone: torch.nn.Module, compiled: bool = False) -> Callable[[], float]:
+        opt_ = torch.optim.SGD(backbone.parameters(), lr=0.01, momentum=0.9)
+        forward = torch.compile(backbone) if compiled else backbone
 
-    def bare_run() -> float:
-        with heap_cache(enabled=args.heap_cache == "on"):  # the same allocator as selfsup
-            return _bare_run()
+        def bare_step() -> None:
+            with autocast():
+                loss = forward(premade).float().sum()
+            opt_.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_.step()
 
-    def _bare_run() -> float:
-        for _ in range(WARMUP):
-            bare_step()
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            bare_step()
-        return time.perf_counter() - t0
+        def bare_run() -> float:
+            with heap_cache(enabled=args.heap_cache == "on"):  # the same allocator as selfsup
+                for _ in range(WARMUP):
+                    bare_step()
+                t0 = time.perf_counter()
+                for _ in range(args.steps):
+                    bare_step()
+                return time.perf_counter() - t0
+
+        return bare_run
+
+    bare_run = bare_runner(bare_backbone)
 
     if only == "selfsup":
         del bare_backbone, lightly_backbone
@@ -173,6 +183,16 @@ def build(args: argparse.Namespace, precision: str, only: str | None = None) -> 
                 device=torch.device("cpu"), seed=0, grad_clip=None, total_steps=10**6,
             )  # fmt: skip
             out["selfsup_separate"] = lambda: selfsup_run(step_separate)
+        if args.compile:  # what train.compile does (train.compile=auto: fp32 CPU runs)
+            compiled = copy.deepcopy(method)
+            step_compiled = TrainStep(
+                method=compiled, forward=torch.compile(compiled),
+                optimizer=build_optimizer(compiled, cfg.train.optimizer, B),
+                scaler=torch.amp.GradScaler("cuda", enabled=False), amp_dtype=amp,
+                device=torch.device("cpu"), seed=0, grad_clip=None, total_steps=10**6,
+            )  # fmt: skip
+            out["selfsup_compiled"] = lambda: selfsup_run(step_compiled)
+            out["bare_compiled"] = bare_runner(copy.deepcopy(method.encoder), compiled=True)
     if only == "lightly" or not args.skip_lightly:
         from lightly.loss import NTXentLoss
 
@@ -182,16 +202,24 @@ def build(args: argparse.Namespace, precision: str, only: str | None = None) -> 
         lopt = torch.optim.SGD(lmodel.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4)
         dataset = PILDataset(images, lightly_transform(), (WARMUP + args.steps) * B)
 
-        def lightly_step(x0: torch.Tensor, x1: torch.Tensor) -> None:
+        lightly_compiled = None
+        if args.compile:  # by hand, as a lightly user could: the model through torch.compile
+            lmodel_c = copy.deepcopy(lmodel)
+            lopt_c = torch.optim.SGD(lmodel_c.parameters(), lr=0.06, momentum=0.9,
+                                     weight_decay=5e-4)  # fmt: skip
+            lightly_compiled = (torch.compile(lmodel_c), lopt_c)
+
+        def lightly_step(x0: torch.Tensor, x1: torch.Tensor, compiled: bool = False) -> None:
+            model, opt_ = lightly_compiled if compiled else (lmodel, lopt)  # type: ignore[misc]
             x0, x1 = x0.contiguous(memory_format=fmt), x1.contiguous(memory_format=fmt)
             with autocast():
-                z0, z1 = lmodel(x0), lmodel(x1)
+                z0, z1 = model(x0), model(x1)
                 loss = criterion(z0, z1)
             loss.backward()
-            lopt.step()
-            lopt.zero_grad()
+            opt_.step()
+            opt_.zero_grad()
 
-        def lightly_run(main_threads: int) -> float:
+        def lightly_run(main_threads: int, compiled: bool = False) -> float:
             loader_ = torch.utils.data.DataLoader(
                 dataset, batch_size=B, shuffle=True, num_workers=args.workers, drop_last=True
             )
@@ -203,7 +231,7 @@ def build(args: argparse.Namespace, precision: str, only: str | None = None) -> 
                     if i == WARMUP:
                         t0 = time.perf_counter()
                     (x0, x1), _ = next(it)
-                    lightly_step(x0, x1)
+                    lightly_step(x0, x1, compiled)
                 return time.perf_counter() - t0
             finally:
                 torch.set_num_threads(args.threads)
@@ -213,7 +241,9 @@ def build(args: argparse.Namespace, precision: str, only: str | None = None) -> 
         out["lightly"] = lambda: lightly_run(args.threads)
         if args.threads > 1:
             out["lightly_main_1thread"] = lambda: lightly_run(1)
-        if args.heap_cache == "on":
+        if args.compile:
+            out["lightly_compiled"] = lambda: lightly_run(args.threads, compiled=True)
+        if args.heap_cache == "on" and not args.no_heap_cache_lightly:
 
             def lightly_heap_cache_run() -> float:
                 with heap_cache():
@@ -320,6 +350,13 @@ def main() -> None:
         action="store_true",
         help="also time selfsup with method_args.encode_views=separate",
     )
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time selfsup, the bare backbone and lightly's model through torch.compile",
+    )
+    ap.add_argument("--no-heap-cache-lightly", action="store_true",
+                    help="skip the lightly_heap_cache contender")  # fmt: skip
     ap.add_argument("--memory", action="store_true", help="also peak RSS per contender (S9)")
     ap.add_argument("--memory-only", action="store_true",
                     help="only S9 (no timing rounds); pair with --out")  # fmt: skip
@@ -367,6 +404,18 @@ def main() -> None:
             **(
                 {"selfsup_separate_vs_lightly": ips["selfsup_separate"] / best_lightly}
                 if "selfsup_separate" in ips and best_lightly
+                else {}
+            ),
+            **(
+                {
+                    "selfsup_compiled_vs_lightly": ips["selfsup_compiled"] / best_lightly,
+                    "selfsup_compiled_vs_lightly_compiled": ips["selfsup_compiled"]
+                    / ips["lightly_compiled"],
+                    "selfsup_compiled_vs_bare_compiled": ips["selfsup_compiled"]
+                    / ips["bare_compiled"],
+                    "compiled_vs_eager_selfsup": ips["selfsup_compiled"] / ips["selfsup"],
+                }
+                if "selfsup_compiled" in ips and "lightly_compiled" in ips and best_lightly
                 else {}
             ),
             "step_flops": flops,

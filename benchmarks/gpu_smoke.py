@@ -10,6 +10,8 @@ default recipe (``<method>_default`` when there is one) on a small CIFAR-10 subs
 * ``fp16``: fp16 autocast with the GradScaler, channels_last; stopped half-way with
   ``--stop-at-step`` and continued with ``--resume`` (scaler, optimizer and RNG state restored);
 * ``compile``: bf16, channels_last and ``train.compile=true``;
+* ``compile_fp32``: fp32, contiguous and ``train.compile=true`` (what ``train.compile=auto``
+  picks on a CPU: ``--device cpu``);
 
 each followed by ``selfsup eval knn`` of the result on the device. A configuration passes when
 every command exits 0, the run reaches its step count with a finite loss and kNN@200 is a
@@ -38,6 +40,7 @@ CONFIGS = {
     "bf16": ["train.precision=bf16", "train.channels_last=true", "train.compile=false"],
     "fp16": ["train.precision=fp16", "train.channels_last=true", "train.compile=false"],
     "compile": ["train.precision=bf16", "train.channels_last=true", "train.compile=true"],
+    "compile_fp32": ["train.precision=fp32", "train.channels_last=false", "train.compile=true"],
 }
 
 

@@ -16,7 +16,7 @@ SMALL = ["backbone.name=resnet_tiny", "train.batch_size=16", "train.progress=fal
          "train.tensorboard=false", "method_args.proj_hidden_dim=32",
          "method_args.proj_out_dim=16", "train.num_threads=1"]  # fmt: skip
 KEYS = {"knn_top1", "knn20_top1", "train_seconds", "eval_seconds", "images_seen", "method",
-        "backbone", "recipe", "seed", "precision", "threads", "cpu_replicas", "cpu",
+        "backbone", "recipe", "seed", "precision", "compile", "threads", "cpu_replicas", "cpu",
         "torch"}  # fmt: skip
 
 
@@ -42,6 +42,7 @@ def test_a_short_speedrun_writes_a_valid_run_directory(tiny_npz, tmp_path, capsy
     # trained for the budget (set-up included), then stopped
     assert 9 <= record["train_seconds"] <= 60 and record["images_seen"] > 0
     assert record["cpu"]["model"] and isinstance(record["cpu"]["native_bf16"], bool)
+    assert record["compile"].startswith("auto: off")  # 9 s would not repay compiling
     assert "held out of the bank" in record["evaluation"]  # a file: no test split to query
     for name in ("encoder.safetensors", "encoder.json", "metrics.jsonl", "summary.json",
                  "config.yaml"):  # fmt: skip

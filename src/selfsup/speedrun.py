@@ -126,6 +126,7 @@ def run_speedrun(
         "data": data,
         "evaluation": metrics.get("evaluation"),
         "precision": "fp32" if amp is None else str(amp).replace("torch.", ""),
+        "compile": summary.get("compile"),  # train.compile and why (auto: fp32 CPU runs)
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "threads": torch.get_num_threads(),
         "cpu_replicas": cfg.train.cpu_replicas if dev.type == "cpu" else 1,

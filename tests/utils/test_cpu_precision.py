@@ -87,3 +87,41 @@ def test_force_bf16_switch_overrides_the_probe(monkeypatch, forced, expected):
     assert autocast_dtype(cpu, "auto") == (torch.bfloat16 if expected else None)
     monkeypatch.delenv(precision.FORCE_BF16_ENV)
     assert precision.cpu_has_fast_bf16() is (not expected)
+
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+@pytest.mark.parametrize(
+    ("device", "amp", "steps", "budget", "keep_eager", "expected", "why"),
+    [
+        # fp32 on the CPU (the only place the compiled step measured faster), long enough
+        (CPU, None, 1000, None, None, True, "auto: on"),
+        (CPU, None, 10**6, None, None, True, "auto: on"),
+        (CPU, None, 10, 300.0, None, True, "auto: on"),  # a budget: the steps are a guess
+        # too short to repay the ~25 s of compiling
+        (CPU, None, 999, None, None, False, "shorter than the 1000 steps"),
+        (CPU, None, 10**6, 299.0, None, False, "shorter than the 300 s"),
+        # measured no faster: bf16 autocast on the CPU, and GPUs
+        (CPU, torch.bfloat16, 10**6, None, None, False, "bfloat16 autocast"),
+        (CUDA, None, 10**6, None, None, False, "off on cuda"),
+        (CUDA, torch.bfloat16, 10**6, 3600.0, None, False, "off on cuda"),
+        # a setting that needs the eager method
+        (CPU, None, 10**6, None, "train.cpu_replicas runs the eager method", False, "replicas"),
+    ],
+)
+def test_auto_compile_only_where_it_measured_faster_and_pays_for_itself(
+    device, amp, steps, budget, keep_eager, expected, why
+):
+    on, reason = precision.use_compile(
+        "auto", device, amp, steps=steps, budget_seconds=budget, keep_eager=keep_eager
+    )
+    assert on is expected and why in reason and reason.startswith("auto: ")
+
+
+@pytest.mark.parametrize("setting", [True, False, "true", "false"])
+def test_an_explicit_compile_setting_is_obeyed_everywhere(setting):
+    wanted = setting in (True, "true")
+    for device, amp in [(CPU, None), (CPU, torch.bfloat16), (CUDA, torch.float16)]:
+        on, reason = precision.use_compile(setting, device, amp, steps=1)
+        assert on is wanted and reason == f"train.compile={str(wanted).lower()}"

@@ -66,7 +66,7 @@ from selfsup.utils.io import (
     write_json,
 )
 from selfsup.utils.locks import RunDirLock, RunDirLockedError
-from selfsup.utils.precision import autocast_dtype, use_channels_last
+from selfsup.utils.precision import autocast_dtype, use_channels_last, use_compile
 
 
 class ShortRunWarning(UserWarning):
@@ -509,6 +509,7 @@ class Trainer:
                 "elapsed_seconds": self.elapsed(),
                 "time_budget_minutes": cfg.train.time_budget_minutes,
                 "encoder_ema": cfg.train.encoder_ema,
+                "compile": self.compile_reason,  # this session's train.compile decision
                 "images_per_second": rate,
                 "images_seen": run.step * cfg.train.batch_size,
                 "skipped_steps": run.skipped_steps,
@@ -591,11 +592,16 @@ class Trainer:
         )
         start_step, skipped_steps = self._resume(method, optimizer, scaler, main)
         enc_meta = method_encoder_meta(cfg, method, source.num_channels)
+        compiled, self.compile_reason = use_compile(
+            tcfg.compile, device, amp_dtype, steps=total_steps, budget_seconds=self.budget_seconds,
+            keep_eager=("train.cpu_replicas runs the eager method" if replicas is not None
+                        else "not measured for multi-process runs" if world > 1 else None),
+        )  # fmt: skip
         logger = self._start_run_dir(source, enc_meta, start_step, main, world, device, amp_dtype,
                                      steps_per_epoch, total_steps)  # fmt: skip
         self.train_step = TrainStep(
             method=method,
-            forward=torch.compile(model) if tcfg.compile else model,
+            forward=torch.compile(model) if compiled else model,
             optimizer=optimizer,
             scaler=scaler,
             amp_dtype=amp_dtype,
@@ -637,7 +643,7 @@ class Trainer:
         where = f"train.cpu_replicas={count}"
         if world > 1:
             raise ConfigError(f"{where} runs in one process; this run has {world} (use 1)")
-        if tcfg.compile:
+        if tcfg.compile is True:
             raise ConfigError(f"{where} runs the eager method; set train.compile=false")
         threads = max(1, (tcfg.num_threads or torch.get_num_threads()) // count)
         return CPUReplicas(method, count, threads)
@@ -767,6 +773,7 @@ class Trainer:
                     "world_size": world,
                     "device": str(device),
                     "precision": str(amp_dtype),
+                    "compile": self.compile_reason,
                     "skipped_files": len(source.skipped),
                 }
             )

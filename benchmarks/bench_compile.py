@@ -10,7 +10,9 @@ builds them. fp32 runs contiguous tensors, bf16 autocast + channels_last (what
 ``precision=auto`` and ``channels_last=auto`` pick on CPUs without and with native bf16).
 
 * ``compile_seconds``: the first two compiled steps (tracing, inductor's code generation and
-  C++ compilation, then the second call's guards) minus two eager steps;
+  C++ compilation, then the second call's guards) minus two eager steps, with inductor's
+  on-disk caches off (``--warm-cache`` leaves them on: a later run of the same network then
+  compiles in a few seconds, which this number does not count on);
 * ``eager`` / ``compiled``: images per second, ``--rounds`` interleaved rounds of ``--steps``
   steps in one process (the order alternates), median;
 * ``break_even_steps``: ``compile_seconds / (eager step seconds - compiled step seconds)``,
@@ -132,10 +134,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed steps per contender and round")
     ap.add_argument("--view-sizes", type=int, nargs="*", default=[12, 16, 24],
                     help="new view sizes after the rounds (recompilation cost)")  # fmt: skip
+    ap.add_argument("--warm-cache", action="store_true",
+                    help="reuse inductor's code cached on disk (default: cold)")  # fmt: skip
     ap.add_argument("--force-bf16", action="store_true", help="bf16 even without native bf16")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/compile_cpu.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if not args.warm_cache:
+        from torch._inductor import config as inductor_config
+
+        inductor_config.force_disable_caches = True
     cpu = cpu_info()
     rows = []
     for spec in args.configs:

@@ -222,11 +222,11 @@ class TrainConfig(Section):
     compile: bool | Literal["auto"] = "auto"
     """``torch.compile`` the method's forward (inductor). ``auto``: on where it pays for itself
     within the run, which measured so (``benchmarks/bench_compile.py``) only for fp32 on the
-    CPU (1.45x faster steps, ~25 s to compile): a CPU run without autocast in one process
-    without ``train.cpu_replicas``, planned for at least :data:`COMPILE_AUTO_MIN_STEPS` steps or
-    a time budget of at least :data:`COMPILE_AUTO_MIN_SECONDS` seconds. Off with bf16 autocast
-    on a CPU (0.92-0.98x) and on GPUs (no gain measured on an H100); ``true`` compiles anyway
-    (:func:`selfsup.utils.precision.use_compile`)."""
+    CPU (1.34-1.40x faster steps, ~25 s per cold compile): a CPU run without autocast in one
+    process without ``train.cpu_replicas``, planned for at least 1,000 steps or a 200-second
+    time budget per compilation (one per size of ``view_size_schedule``). Off with bf16
+    autocast on a CPU (0.91-0.98x) and on GPUs (no gain measured on an H100); ``true``
+    compiles anyway (:func:`selfsup.utils.precision.use_compile`)."""
     grad_clip: float | None = Field(default=None, gt=0)
     encoder_ema: float | None = Field(default=None, gt=0, lt=1)
     """Keep an exponential moving average of the encoder's weights with this decay per

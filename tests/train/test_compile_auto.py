@@ -54,6 +54,13 @@ def test_auto_compiles_a_long_enough_fp32_cpu_run_and_says_so(tiny_npz, tmp_path
     ("extra", "min_steps", "reason"),
     [
         ([], 1000, "auto: off, 8 steps is shorter than the 1000 steps that repay compiling"),
+        # each view size compiles anew, so two sizes need twice the steps
+        (
+            ["train.view_size_schedule=[[0,8],[0.5,16]]"],
+            5,
+            "auto: off, 8 steps is shorter than the 10 steps (2 compilations, one per view size) "
+            "that repay compiling",
+        ),
         (["train.precision=bf16"], 8, "auto: off with bfloat16 autocast on the CPU"),
         (["train.compile=false"], 8, "train.compile=false"),
     ],

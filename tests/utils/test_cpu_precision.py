@@ -93,29 +93,36 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
 @pytest.mark.parametrize(
-    ("device", "amp", "steps", "budget", "keep_eager", "expected", "why"),
+    ("device", "amp", "steps", "budget", "compilations", "keep_eager", "expected", "why"),
     [
         # fp32 on the CPU (the only place the compiled step measured faster), long enough
-        (CPU, None, 1000, None, None, True, "auto: on"),
-        (CPU, None, 10**6, None, None, True, "auto: on"),
-        (CPU, None, 10, 300.0, None, True, "auto: on"),  # a budget: the steps are a guess
+        (CPU, None, 1000, None, 1, None, True, "auto: on, fp32 on the CPU for 1000 steps"),
+        (CPU, None, 10**6, None, 1, None, True, "auto: on"),
+        (CPU, None, 10, 200.0, 1, None, True, "for a 200 s budget"),  # steps are a guess
         # too short to repay the ~25 s of compiling
-        (CPU, None, 999, None, None, False, "shorter than the 1000 steps"),
-        (CPU, None, 10**6, 299.0, None, False, "shorter than the 300 s"),
+        (CPU, None, 999, None, 1, None, False, "shorter than the 1000 steps that repay"),
+        (CPU, None, 10**6, 199.0, 1, None, False, "shorter than the 200 s that repay"),
+        # one compilation per view size: the 5-minute speedrun's four sizes do not repay it,
+        # the 15-minute one's do
+        (CPU, None, 10, 300.0, 4, None, False, "shorter than the 800 s (4 compilations"),
+        (CPU, None, 10, 900.0, 4, None, True, "900 s budget (4 compilations, one per view"),
+        (CPU, None, 3999, None, 4, None, False, "shorter than the 4000 steps (4 compilations"),
+        (CPU, None, 4000, None, 4, None, True, "auto: on"),
         # measured no faster: bf16 autocast on the CPU, and GPUs
-        (CPU, torch.bfloat16, 10**6, None, None, False, "bfloat16 autocast"),
-        (CUDA, None, 10**6, None, None, False, "off on cuda"),
-        (CUDA, torch.bfloat16, 10**6, 3600.0, None, False, "off on cuda"),
+        (CPU, torch.bfloat16, 10**6, None, 1, None, False, "bfloat16 autocast"),
+        (CUDA, None, 10**6, None, 1, None, False, "off on cuda"),
+        (CUDA, torch.bfloat16, 10**6, 3600.0, 1, None, False, "off on cuda"),
         # a setting that needs the eager method
-        (CPU, None, 10**6, None, "train.cpu_replicas runs the eager method", False, "replicas"),
+        (CPU, None, 10**6, None, 1, "train.cpu_replicas runs the eager method", False, "replicas"),
     ],
 )
 def test_auto_compile_only_where_it_measured_faster_and_pays_for_itself(
-    device, amp, steps, budget, keep_eager, expected, why
+    device, amp, steps, budget, compilations, keep_eager, expected, why
 ):
     on, reason = precision.use_compile(
-        "auto", device, amp, steps=steps, budget_seconds=budget, keep_eager=keep_eager
-    )
+        "auto", device, amp, steps=steps, budget_seconds=budget, compilations=compilations,
+        keep_eager=keep_eager,
+    )  # fmt: skip
     assert on is expected and why in reason and reason.startswith("auto: ")
 
 

@@ -594,6 +594,7 @@ class Trainer:
         enc_meta = method_encoder_meta(cfg, method, source.num_channels)
         compiled, self.compile_reason = use_compile(
             tcfg.compile, device, amp_dtype, steps=total_steps, budget_seconds=self.budget_seconds,
+            compilations=len({size for _, size in tcfg.view_size_schedule or [(0, None)]}),
             keep_eager=("train.cpu_replicas runs the eager method" if replicas is not None
                         else "not measured for multi-process runs" if world > 1 else None),
         )  # fmt: skip

@@ -112,14 +112,15 @@ def use_channels_last(device: torch.device, setting: str | bool) -> bool:
 
 
 COMPILE_AUTO_MIN_STEPS = 1000
-"""``train.compile=auto`` compiles a run planned for at least this many steps. On 2 cores a
-compile costs ~25 s and an fp32 SimCLR step at quarter width and batch 256 saves ~0.19 s
-(break-even ~130 steps, ``benchmarks/results/compile_cpu.json``); the margin covers smaller
-networks, whose steps save less."""
+"""``train.compile=auto`` compiles a run planned for at least this many steps per compilation.
+On 2 cores a cold compile costs ~25 s and an fp32 SimCLR step at quarter width and batch 256
+saves ~0.14 s (break-even ~185 steps, ``benchmarks/results/compile_cpu.json``); the margin
+covers smaller networks, whose steps save less."""
 
-COMPILE_AUTO_MIN_SECONDS = 300.0
-"""``train.compile=auto`` compiles a time-budgeted run of at least this many seconds (there
-the number of steps is not known in advance)."""
+COMPILE_AUTO_MIN_SECONDS = 200.0
+"""``train.compile=auto`` compiles a time-budgeted run (where the number of steps is not known
+in advance) of at least this many seconds per compilation. With ~25 s per compile and steps
+1.34x faster compiled, compiling pays from ~100 s per compilation; twice that is the margin."""
 
 
 def use_compile(
@@ -129,17 +130,20 @@ def use_compile(
     *,
     steps: int,
     budget_seconds: float | None = None,
+    compilations: int = 1,
     keep_eager: str | None = None,
 ) -> tuple[bool, str]:
     """Resolve ``train.compile``: ``(compile?, why)``.
 
     ``true`` / ``false`` are obeyed. ``auto`` compiles only where it measured faster and the run
-    is long enough to repay the compile time: on the CPU, without autocast (fp32: 1.45x faster
-    steps at quarter and full width; with bf16 autocast the compiled step was 0.92-0.98x), for a
-    run of at least :data:`COMPILE_AUTO_MIN_STEPS` steps or, with a time budget, at least
-    :data:`COMPILE_AUTO_MIN_SECONDS` seconds. ``keep_eager`` says why this run should stay
-    eager whatever its length (``auto`` then stays off; e.g. ``train.cpu_replicas``, whose
-    caller refuses an explicit ``true``).
+    is long enough to repay the compile time: on the CPU, without autocast (fp32: 1.34-1.40x
+    faster steps at quarter and full width; with bf16 autocast the compiled step was
+    0.91-0.98x), for a run of at least :data:`COMPILE_AUTO_MIN_STEPS` steps or, with a time
+    budget, :data:`COMPILE_AUTO_MIN_SECONDS` seconds per compilation. ``compilations`` is how
+    many times the run compiles: one per view size of a ``train.view_size_schedule`` (each new
+    input shape recompiles, ~25 s each). ``keep_eager`` says why this run should stay eager
+    whatever its length (``auto`` then stays off; e.g. ``train.cpu_replicas``, whose caller
+    refuses an explicit ``true``).
     """
     if isinstance(setting, bool) or setting in {"true", "false"}:
         on = setting is True or setting == "true"
@@ -150,13 +154,15 @@ def use_compile(
         return False, f"auto: off on {device.type} (no gain measured on a GPU)"
     if amp_dtype is not None:
         return False, f"auto: off with {str(amp_dtype).removeprefix('torch.')} autocast on the CPU"
+    per = f" ({compilations} compilations, one per view size)" if compilations > 1 else ""
     if budget_seconds is not None:
-        long_enough = budget_seconds >= COMPILE_AUTO_MIN_SECONDS
-        length = f"a {budget_seconds:g} s budget"
-        threshold = f"{COMPILE_AUTO_MIN_SECONDS:g} s"
+        needed = COMPILE_AUTO_MIN_SECONDS * compilations
+        long_enough = budget_seconds >= needed
+        length, threshold = f"a {budget_seconds:g} s budget", f"{needed:g} s{per}"
     else:
-        long_enough = steps >= COMPILE_AUTO_MIN_STEPS
-        length, threshold = f"{steps} steps", f"{COMPILE_AUTO_MIN_STEPS} steps"
+        needed = COMPILE_AUTO_MIN_STEPS * compilations
+        long_enough = steps >= needed
+        length, threshold = f"{steps} steps", f"{needed} steps{per}"
     if not long_enough:
         return False, f"auto: off, {length} is shorter than the {threshold} that repay compiling"
-    return True, f"auto: on, fp32 on the CPU for {length}"
+    return True, f"auto: on, fp32 on the CPU for {length}{per}"

@@ -117,8 +117,9 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
     ],
 )
 def test_auto_compile_only_where_it_measured_faster_and_pays_for_itself(
-    device, amp, steps, budget, compilations, keep_eager, expected, why
+    monkeypatch, device, amp, steps, budget, compilations, keep_eager, expected, why
 ):
+    monkeypatch.setattr(precision, "cpu_compiler_found", lambda: True)
     on, reason = precision.use_compile(
         "auto", device, amp, steps=steps, budget_seconds=budget, compilations=compilations,
         keep_eager=keep_eager,
@@ -132,3 +133,26 @@ def test_an_explicit_compile_setting_is_obeyed_everywhere(setting):
     for device, amp in [(CPU, None), (CPU, torch.bfloat16), (CUDA, torch.float16)]:
         on, reason = precision.use_compile(setting, device, amp, steps=1)
         assert on is wanted and reason == f"train.compile={str(wanted).lower()}"
+
+
+def test_auto_stays_eager_where_inductor_has_no_cpp_compiler(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_compiler_found", lambda: False)
+    on, reason = precision.use_compile("auto", CPU, None, steps=10**6)
+    assert not on and reason == (
+        "auto: off, inductor finds no C++ compiler to build CPU kernels with"
+    )
+    assert precision.use_compile(True, CPU, None, steps=1)[0]  # asked for: tried anyway
+
+
+def test_no_cpp_compiler_is_detected(monkeypatch):
+    from torch._inductor import config as inductor_config
+    from torch._inductor import cpp_builder
+
+    precision.cpu_compiler_found.cache_clear()
+    cpp_builder.cpp_compiler_search.cache_clear()
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "no-such-compiler-xyz"))
+    try:
+        assert precision.cpu_compiler_found() is False
+    finally:
+        precision.cpu_compiler_found.cache_clear()
+        cpp_builder.cpp_compiler_search.cache_clear()

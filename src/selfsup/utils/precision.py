@@ -123,6 +123,19 @@ in advance) of at least this many seconds per compilation. With ~25 s per compil
 1.34x faster compiled, compiling pays from ~100 s per compilation; twice that is the margin."""
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_compiler_found() -> bool:
+    """Whether inductor finds the C++ compiler it builds CPU kernels with (``g++`` / ``clang++``
+    or ``$CXX``; ``cl`` on Windows): without one, a compiled CPU step fails at its first call."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception:  # InvalidCxxCompiler, or an inductor without the probe
+        return False
+    return True
+
+
 def use_compile(
     setting: bool | str,
     device: torch.device,
@@ -141,7 +154,8 @@ def use_compile(
     0.91-0.98x), for a run of at least :data:`COMPILE_AUTO_MIN_STEPS` steps or, with a time
     budget, :data:`COMPILE_AUTO_MIN_SECONDS` seconds per compilation. ``compilations`` is how
     many times the run compiles: one per view size of a ``train.view_size_schedule`` (each new
-    input shape recompiles, ~25 s each). ``keep_eager`` says why this run should stay eager
+    input shape recompiles, ~25 s each). A CPU without a C++ compiler for inductor
+    (:func:`cpu_compiler_found`) stays eager. ``keep_eager`` says why this run should stay eager
     whatever its length (``auto`` then stays off; e.g. ``train.cpu_replicas``, whose caller
     refuses an explicit ``true``).
     """
@@ -154,6 +168,8 @@ def use_compile(
         return False, f"auto: off on {device.type} (no gain measured on a GPU)"
     if amp_dtype is not None:
         return False, f"auto: off with {str(amp_dtype).removeprefix('torch.')} autocast on the CPU"
+    if not cpu_compiler_found():
+        return False, "auto: off, inductor finds no C++ compiler to build CPU kernels with"
     per = f" ({compilations} compilations, one per view size)" if compilations > 1 else ""
     if budget_seconds is not None:
         needed = COMPILE_AUTO_MIN_SECONDS * compilations

@@ -593,9 +593,9 @@ class Trainer:
         start_step, skipped_steps = self._resume(method, optimizer, scaler, main)
         enc_meta = method_encoder_meta(cfg, method, source.num_channels)
         compiled, self.compile_reason = use_compile(
-            tcfg.compile, device, amp_dtype, steps=total_steps - start_step,  # what is left
-            budget_seconds=(None if self.budget_seconds is None
-                            else self.budget_seconds - self.elapsed_before),
+            # the whole run's length, so a resumed run decides as the first session did (the
+            # compiled and eager steps differ in float rounding: exact resume needs the same)
+            tcfg.compile, device, amp_dtype, steps=total_steps, budget_seconds=self.budget_seconds,
             compilations=len({size for _, size in tcfg.view_size_schedule or [(0, None)]}),
             keep_eager=("train.cpu_replicas runs the eager method" if replicas is not None
                         else "not measured for multi-process runs" if world > 1 else None),

@@ -79,6 +79,16 @@ ROOT = Path(__file__).resolve().parents[1]
 WARMUP = 2
 
 
+def timed(step: Callable[[], None], steps: int) -> float:
+    """Seconds of ``steps`` calls of ``step`` after :data:`WARMUP` untimed ones."""
+    for _ in range(WARMUP):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return time.perf_counter() - t0
+
+
 def build(args: argparse.Namespace, precision: str, only: str | None = None) -> dict[str, Any]:
     """The contenders of one precision, as zero-argument callables returning seconds (with
     ``only``, just that one is built: a memory child holds nothing else)."""
@@ -129,12 +139,7 @@ def build(args: argparse.Namespace, precision: str, only: str | None = None) -> 
             train_step(batch.images, batch.labels, batch.global_size, batch.offset, step)
             step += 1
 
-        for _ in range(WARMUP):
-            one()
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            one()
-        return time.perf_counter() - t0
+        return timed(one, args.steps)
 
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -154,12 +159,7 @@ def build(args: argparse.Namespace, precision: str, only: str | None = None) -> 
 
         def bare_run() -> float:
             with heap_cache(enabled=args.heap_cache == "on"):  # the same allocator as selfsup
-                for _ in range(WARMUP):
-                    bare_step()
-                t0 = time.perf_counter()
-                for _ in range(args.steps):
-                    bare_step()
-                return time.perf_counter() - t0
+                return timed(bare_step, args.steps)
 
         return bare_run
 

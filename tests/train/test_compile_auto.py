@@ -10,10 +10,10 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_runs import Crash, CrashAt, tiny_run_config
 
 from selfsup.train import Trainer
 from selfsup.utils import precision
-from tests.tiny_runs import tiny_run_config
 
 EIGHT_STEPS = ["train.max_steps=8", "train.schedule.warmup_fraction=0.1"]
 
@@ -97,3 +97,24 @@ def test_a_compiled_fp32_run_trains_the_same_network_as_an_eager_one(tiny_npz, t
     # the eager run moves its weights (the trainer's tests), so equality means both trained
     for name, eager in runs["false"].items():
         torch.testing.assert_close(runs["true"][name], eager, rtol=1e-3, atol=1e-4, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not precision.cpu_compiler_found(), reason="inductor needs a C++ compiler")
+def test_a_compiled_run_resumes_exactly(tiny_npz, tmp_path, monkeypatch):
+    """Killed after its step-4 checkpoint and resumed, a run that ``auto`` compiles ends at
+    bit-equal weights to one that was never stopped: the resumed session, with 4 of its 8
+    steps left, still compiles (it decides on the whole run; an eager resume of a compiled run
+    differs in float rounding) and compiles to the same arithmetic."""
+    monkeypatch.setattr(precision, "COMPILE_AUTO_MIN_STEPS", 8)
+    extra = [*EIGHT_STEPS, "train.checkpoint_every_steps=2"]
+    Trainer(tiny_run_config(tiny_npz, tmp_path / "whole", *extra)).fit()
+    run = tmp_path / "resumed"
+    with pytest.raises(Crash):
+        Trainer(tiny_run_config(tiny_npz, run, *extra), callbacks=[CrashAt(5)]).fit()
+    Trainer(tiny_run_config(tiny_npz, run, *extra), resume=True).fit()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["compile"] == "auto: on, fp32 on the CPU for 8 steps"
+    a = load_file(str(tmp_path / "whole" / "encoder.safetensors"))
+    b = load_file(str(run / "encoder.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

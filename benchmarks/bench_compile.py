@@ -29,7 +29,6 @@ Writes ``benchmarks/results/compile_cpu.json``. Run alone on an idle machine.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -123,6 +122,7 @@ def measure(args: argparse.Namespace, precision: str, width: float, batch: int) 
 
 
 def main() -> None:
+    from selfsup.utils.io import write_json
     from selfsup.utils.precision import cpu_info
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -168,7 +168,7 @@ def main() -> None:
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    write_json(args.out, payload)
     print(f"wrote {args.out}")
 
 

@@ -114,11 +114,16 @@ def build(args: argparse.Namespace, precision: str, only: str | None = None) -> 
     lightly_backbone = copy.deepcopy(method.encoder)
     bare_backbone = copy.deepcopy(method.encoder)
     feature_dim = method.encoder.feature_dim
-    opt = build_optimizer(method, cfg.train.optimizer, B)
-    train_step = TrainStep(method=method, forward=method, optimizer=opt,
-                           scaler=torch.amp.GradScaler("cuda", enabled=False), amp_dtype=amp,
-                           device=torch.device("cpu"), seed=0, grad_clip=None,
-                           total_steps=10**6)  # fmt: skip
+
+    def train_step_of(m: Any, compiled: bool = False) -> TrainStep:
+        """The Trainer's step for ``m`` on the CPU, eager or through ``torch.compile``."""
+        return TrainStep(method=m, forward=torch.compile(m) if compiled else m,
+                         optimizer=build_optimizer(m, cfg.train.optimizer, B),
+                         scaler=torch.amp.GradScaler("cuda", enabled=False), amp_dtype=amp,
+                         device=torch.device("cpu"), seed=0, grad_clip=None,
+                         total_steps=10**6)  # fmt: skip
+
+    train_step = train_step_of(method)
     source = ImageSource(images=images.permute(0, 2, 3, 1).numpy(), name="cifar10")
     loader = BatchLoader(source, B, seed=0, device=torch.device("cpu"), drop_last=True)
 
@@ -169,28 +174,17 @@ def build(args: argparse.Namespace, precision: str, only: str | None = None) -> 
         del bare_backbone, lightly_backbone
         return {"selfsup": selfsup_run}
     if only == "lightly":
-        del method, bare_backbone, train_step, opt
+        del method, bare_backbone, train_step
     else:
         out: dict[str, Any] = {"bare": bare_run, "selfsup": selfsup_run,
                                "_step_flops": step_flops(method, premade, autocast)}  # fmt: skip
         if args.separate:
             separate = copy.deepcopy(method)
             separate.cfg = separate.cfg.model_copy(update={"encode_views": "separate"})
-            step_separate = TrainStep(
-                method=separate, forward=separate,
-                optimizer=build_optimizer(separate, cfg.train.optimizer, B),
-                scaler=torch.amp.GradScaler("cuda", enabled=False), amp_dtype=amp,
-                device=torch.device("cpu"), seed=0, grad_clip=None, total_steps=10**6,
-            )  # fmt: skip
+            step_separate = train_step_of(separate)
             out["selfsup_separate"] = lambda: selfsup_run(step_separate)
         if args.compile:  # what train.compile does (train.compile=auto: fp32 CPU runs)
-            compiled = copy.deepcopy(method)
-            step_compiled = TrainStep(
-                method=compiled, forward=torch.compile(compiled),
-                optimizer=build_optimizer(compiled, cfg.train.optimizer, B),
-                scaler=torch.amp.GradScaler("cuda", enabled=False), amp_dtype=amp,
-                device=torch.device("cpu"), seed=0, grad_clip=None, total_steps=10**6,
-            )  # fmt: skip
+            step_compiled = train_step_of(copy.deepcopy(method), compiled=True)
             out["selfsup_compiled"] = lambda: selfsup_run(step_compiled)
             out["bare_compiled"] = bare_runner(copy.deepcopy(method.encoder), compiled=True)
     if only == "lightly" or not args.skip_lightly:

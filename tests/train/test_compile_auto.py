@@ -93,6 +93,9 @@ def test_a_compiled_fp32_run_trains_the_same_network_as_an_eager_one(tiny_npz, t
         assert json.loads((out / "summary.json").read_text())["compile"] == (
             f"train.compile={setting}"
         )
+        # the compiled run really ran its forward through torch.compile
+        step = trainer.train_step
+        assert (step.forward is not step.method) is (setting == "true")
     # an eager and a compiled forward that gave no gradients would both stay at the start;
     # the eager run moves its weights (the trainer's tests), so equality means both trained
     for name, eager in runs["false"].items():

@@ -121,3 +121,91 @@ def test_a_compiled_run_resumes_exactly(tiny_npz, tmp_path, monkeypatch):
     a = load_file(str(tmp_path / "whole" / "encoder.safetensors"))
     b = load_file(str(run / "encoder.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _CompileFailure(RuntimeError):
+    """Stands in for inductor failing to build its kernels (e.g. no Python headers)."""
+
+
+def _failing_compile(monkeypatch, where: str) -> list[object]:
+    """Make ``torch.compile`` return a forward that raises :class:`_CompileFailure` in the
+    forward (``where="forward"``) or, as a lazily compiled backward would, in the backward of a
+    loss that touches no weights (``"backward"``); records what it was given."""
+    compiled: list[object] = []
+
+    class RaiseInBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise _CompileFailure("C++ compile error: Python.h: No such file or directory")
+
+    def compile_(model, **kwargs):
+        compiled.append(model)
+
+        def forward(*args, **kw):
+            if where == "forward":
+                raise _CompileFailure("C++ compile error: Python.h: No such file or directory")
+            return RaiseInBackward.apply(torch.zeros((), requires_grad=True)), {}
+
+        return forward
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    monkeypatch.setattr(precision, "cpu_compiler_found", lambda: True)
+    return compiled
+
+
+@pytest.mark.parametrize("where", ["forward", "backward"])
+def test_auto_falls_back_to_eager_when_compiling_fails(tiny_npz, tmp_path, monkeypatch, where):
+    """A compiled step that raises (in its forward, or in a backward compiled at its first
+    call) does not end an ``auto`` run: the step is redone eager and the run goes on eager,
+    training exactly the network an eager run trains, and says so in its summary."""
+    eager_out = tmp_path / "eager"
+    Trainer(tiny_run_config(tiny_npz, eager_out, *EIGHT_STEPS, "train.compile=false")).fit()
+    compiled = _failing_compile(monkeypatch, where)
+    monkeypatch.setattr(precision, "COMPILE_AUTO_MIN_STEPS", 8)
+    out = tmp_path / "auto"
+    trainer = Trainer(tiny_run_config(tiny_npz, out, *EIGHT_STEPS))
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*goes on eager from step 0"):
+        assert trainer.fit().steps == 8
+    assert compiled and trainer.train_step.forward is trainer.train_step.method
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["compile"] == (
+        "auto: on, fp32 on the CPU for 8 steps; fell back to eager at step 0: "
+        "_CompileFailure: C++ compile error: Python.h: No such file or directory"
+    )
+    assert summary["skipped_steps"] == 0
+    a = load_file(str(eager_out / "encoder.safetensors"))
+    b = load_file(str(out / "encoder.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_explicit_compile_that_fails_raises_and_says_how_to_train_eager(
+    tiny_npz, tmp_path, monkeypatch
+):
+    _failing_compile(monkeypatch, "forward")
+    trainer = Trainer(
+        tiny_run_config(tiny_npz, tmp_path / "run", *EIGHT_STEPS, "train.compile=true")
+    )
+    with pytest.raises(_CompileFailure) as raised:
+        trainer.fit()
+    assert any("train.compile=false trains eager" in note for note in raised.value.__notes__)
+
+
+def test_the_fallback_does_not_hide_an_error_of_the_method_itself(tiny_npz, tmp_path, monkeypatch):
+    """When the eager retry fails too, the method's own error is what the user sees."""
+    from selfsup.methods.simclr import SimCLR
+
+    _failing_compile(monkeypatch, "forward")
+    monkeypatch.setattr(precision, "COMPILE_AUTO_MIN_STEPS", 8)
+
+    def broken(self, *args, **kwargs):
+        raise ValueError("a bug in the method")
+
+    monkeypatch.setattr(SimCLR, "forward", broken)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="a bug in the method"), pytest.warns(RuntimeWarning):
+        Trainer(tiny_run_config(tiny_npz, out, *EIGHT_STEPS)).fit()
+    assert not (out / "summary.json").exists()

@@ -126,6 +126,15 @@ class TrainStep:
     encoder_ema: EMA | None = None
     """``train.encoder_ema``: the average of the encoder's weights (``encoder_ema["encoder"]``),
     updated after every applied step with :func:`encoder_ema_decay`."""
+    compiled: bool = False
+    """``forward`` is the method through ``torch.compile``."""
+    eager_fallback: Callable[..., tuple[torch.Tensor, dict[str, Any]]] | None = None
+    """With ``compiled`` (``train.compile=auto``): the eager method, which takes over for the
+    rest of the run when the compiled forward or its backward raises (e.g. inductor cannot
+    build its C++ kernels); the step is then redone eager from its seed. Without it (``true``)
+    the error propagates with a note saying how to train eager."""
+    compile_failure: str | None = None
+    """Set when the compiled forward gave way to ``eager_fallback``: at which step, and why."""
 
     def __post_init__(self) -> None:
         self.params = [p for p in self.method.parameters() if p.requires_grad]
@@ -149,14 +158,31 @@ class TrainStep:
         if self.replicas is not None:
             optimizer.zero_grad(set_to_none=True)
             loss, metrics = self.replicas.forward_backward(images, labels, seed, amp)
+        elif not self.compiled or self.compile_failure is not None:
+            loss, metrics = self._forward_backward(images, labels, seed, global_size, offset)
         else:
-            generator = torch.Generator(device=self.device).manual_seed(seed)
-            with torch.autocast(
-                self.device.type, dtype=amp or torch.float32, enabled=amp is not None
-            ):
-                loss, metrics = self.forward(images, labels, generator, global_size, offset)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            try:
+                loss, metrics = self._forward_backward(images, labels, seed, global_size, offset)
+            except Exception as error:
+                if self.eager_fallback is None:
+                    error.add_note(
+                        f"train.compile=true: the compiled step failed at step {step}; "
+                        "train.compile=false trains eager (auto falls back to eager by itself)"
+                    )
+                    raise
+                self.forward, self.eager_fallback = self.eager_fallback, None
+                first_line = (str(error).strip().splitlines() or [""])[0][:300]
+                self.compile_failure = (
+                    f"fell back to eager at step {step}: {type(error).__name__}: {first_line}"
+                )
+                warnings.warn(
+                    f"train.compile=auto: torch.compile failed ({type(error).__name__}: "
+                    f"{first_line}); the run goes on eager from step {step}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                # redone from the step's seed; a bug of the method itself raises here again
+                loss, metrics = self._forward_backward(images, labels, seed, global_size, offset)
         scaler.unscale_(optimizer)
         grad_norm = nn.utils.clip_grad_norm_(self.params, self.grad_clip or float("inf"))
         # DDP has already averaged the gradients, so every rank sees the same verdict
@@ -177,6 +203,23 @@ class TrainStep:
             decay = encoder_ema_decay(self.encoder_ema.base_momentum, step)
             self.encoder_ema.update({"encoder": self.method.encoder}, step, 0, momentum=decay)
         return loss, metrics, True
+
+    def _forward_backward(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor | None,
+        seed: int,
+        global_size: int,
+        offset: int,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``forward`` under autocast with a fresh ``(step, seed)`` generator, then backward."""
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        amp = self.amp_dtype
+        with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            loss, metrics = self.forward(images, labels, generator, global_size, offset)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        return loss, metrics
 
 
 def encoder_ema_decay(decay: float, step: int) -> float:
@@ -509,7 +552,8 @@ class Trainer:
                 "elapsed_seconds": self.elapsed(),
                 "time_budget_minutes": cfg.train.time_budget_minutes,
                 "encoder_ema": cfg.train.encoder_ema,
-                "compile": self.compile_reason,  # this session's train.compile decision
+                "compile": self.compile_reason  # this session's train.compile decision
+                + (f"; {failed}" if (failed := self.train_step.compile_failure) else ""),
                 "images_per_second": rate,
                 "images_seen": run.step * cfg.train.batch_size,
                 "skipped_steps": run.skipped_steps,
@@ -605,6 +649,8 @@ class Trainer:
         self.train_step = TrainStep(
             method=method,
             forward=torch.compile(model) if compiled else model,
+            compiled=compiled,
+            eager_fallback=model if compiled and tcfg.compile == "auto" else None,
             optimizer=optimizer,
             scaler=scaler,
             amp_dtype=amp_dtype,

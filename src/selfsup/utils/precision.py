@@ -157,7 +157,8 @@ def use_compile(
     input shape recompiles, ~25 s each). A CPU without a C++ compiler for inductor
     (:func:`cpu_compiler_found`) stays eager. ``keep_eager`` says why this run should stay eager
     whatever its length (``auto`` then stays off; e.g. ``train.cpu_replicas``, whose caller
-    refuses an explicit ``true``).
+    refuses an explicit ``true``). Under ``auto`` a compiled step that fails at run time falls
+    back to eager (:class:`selfsup.train.TrainStep`'s ``eager_fallback``).
     """
     if isinstance(setting, bool) or setting in {"true", "false"}:
         on = setting is True or setting == "true"

@@ -34,7 +34,9 @@ Parts (``--parts``, default all):
   since its teacher passes, decoders and heads are real work; ``of_flop_bound`` = ratio /
   flop_bound (1 = no overhead beyond the method's own FLOPs). ``--methods name:recipe`` adds
   other recipes (e.g. ``inpainting:inpainting_adv_cifar10_cpu``). ``--precision bf16`` runs
-  both sides under bf16 autocast and channels_last (CPUs with native bf16).
+  both sides under bf16 autocast and channels_last (CPUs with native bf16). ``--compile``
+  sends both sides through ``torch.compile`` (the method's forward, as ``train.compile`` does,
+  and the bare encoder); the compile happens in the first round's warm-up, untimed.
 * ``knn``: weighted kNN (k=200, t=0.1, 10 classes) of ``--knn-queries`` queries against a
   ``--knn-bank`` x ``--knn-dim`` bank of random L2-normalised features: selfsup's
   ``evaluate.knn.knn_predict`` (one k) vs lightly's ``utils.benchmarking.knn_predict`` (bank
@@ -193,6 +195,8 @@ class MethodBench:
     bare_encoder: nn.Module | None = None
     bare_optimizer: torch.optim.Optimizer | None = None
     bare_inputs: list[Tensor] = field(default_factory=list)
+    bare_forward: Callable[[Tensor], Tensor] | None = None
+    """What ``bare_step`` calls: ``bare_encoder``, or its compiled form (``--compile``)."""
     nonfinite_steps: int = 0
     steps_run: int = 0
     method_flops: int = 0
@@ -218,9 +222,9 @@ class MethodBench:
 
     def bare_step(self, i: int) -> None:
         """Bare encoder: forward + backward of ``features.sum()`` + SGD step, same inputs."""
-        assert self.bare_encoder is not None and self.bare_optimizer is not None
+        assert self.bare_forward is not None and self.bare_optimizer is not None
         with self.autocast():
-            loss = sum(self.bare_encoder(x).float().sum() for x in self.bare_inputs)
+            loss = sum(self.bare_forward(x).float().sum() for x in self.bare_inputs)
         self.bare_optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[union-attr]
         self.bare_optimizer.step()
@@ -261,11 +265,12 @@ class MethodBench:
                 delattr(enc, attr)  # back to the class's methods
         self.encoder_calls = calls
 
-    def build_bare(self, memory_format: torch.memory_format) -> None:
+    def build_bare(self, memory_format: torch.memory_format, compiled: bool = False) -> None:
         self.probe_encoder_inputs()
         if not self.encoder_calls:
             raise RuntimeError(f"{self.name}: no call of the encoder was seen in a step")
         self.bare_encoder = copy.deepcopy(self.method.encoder).train()
+        self.bare_forward = torch.compile(self.bare_encoder) if compiled else self.bare_encoder
         self.bare_optimizer = torch.optim.SGD(
             self.bare_encoder.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4
         )
@@ -346,9 +351,11 @@ def build_bench(
     if cfg.train.max_steps is not None:
         total_steps = min(total_steps, cfg.train.max_steps)
     amp = torch.bfloat16 if bf16 else None
+    compiled = bool(getattr(args, "compile", False))
     train_step = TrainStep(  # before on_train_start, as the Trainer builds it
         method=method,
-        forward=method,
+        forward=torch.compile(method) if compiled else method,
+        compiled=compiled,
         optimizer=optimizer,
         scaler=torch.amp.GradScaler("cuda", enabled=False),
         amp_dtype=amp,
@@ -379,7 +386,7 @@ def build_bench(
         ),
         train_step=train_step,
     )
-    bench.build_bare(memory_format)
+    bench.build_bare(memory_format, compiled)
     bench.count_flops()
     return bench
 
@@ -803,6 +810,10 @@ def main() -> None:
     ap.add_argument("--knn-chunk", type=int, default=1024, help="queries per matrix product")
     ap.add_argument("--gemm-size", type=int, default=None, help="default 2048 CPU, 8192 CUDA")
     ap.add_argument("--gemm-reps", type=int, default=4, help="timed GEMMs per round")
+    ap.add_argument("--compile", action="store_true",
+                    help="steps: each method's forward and its bare encoder through "
+                    "torch.compile (inductor), as train.compile=true; compiled in the first "
+                    "round's warm-up")  # fmt: skip
     ap.add_argument("--heap-cache", choices=["on", "off"], default="on",
                     help="keep freed memory in the process while timing, as the Trainer "
                     "does on the CPU (train.cpu_heap_cache); for every contender")  # fmt: skip
@@ -831,6 +842,7 @@ def main() -> None:
             "rounds": args.rounds,
             "parts": args.parts,
             "heap_cache": args.heap_cache == "on" and device.type == "cpu",
+            "compile": args.compile,
         },
         "load_average_before": load_before,
     }

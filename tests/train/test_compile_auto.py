@@ -209,3 +209,34 @@ def test_the_fallback_does_not_hide_an_error_of_the_method_itself(tiny_npz, tmp_
     with pytest.raises(ValueError, match="a bug in the method"), pytest.warns(RuntimeWarning):
         Trainer(tiny_run_config(tiny_npz, out, *EIGHT_STEPS)).fit()
     assert not (out / "summary.json").exists()
+
+
+def test_auto_leaves_a_method_eager_where_its_compiled_step_measured_no_faster(
+    tiny_npz, tmp_path, monkeypatch
+):
+    from selfsup.methods.simclr import SimCLR
+
+    compiled = _eager_backend_compile(monkeypatch)
+    monkeypatch.setattr(precision, "COMPILE_AUTO_MIN_STEPS", 8)
+    monkeypatch.setattr(SimCLR, "keep_eager_on_cpu", "its compiled step measured 0.9x")
+    out = tmp_path / "run"
+    trainer = Trainer(tiny_run_config(tiny_npz, out, *EIGHT_STEPS))
+    assert trainer.fit().steps == 8
+    assert not compiled and trainer.train_step.forward is trainer.train_step.method
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["compile"] == "auto: off, simclr: its compiled step measured 0.9x"
+    # an explicit setting still wins
+    trainer = Trainer(
+        tiny_run_config(tiny_npz, tmp_path / "forced", *EIGHT_STEPS, "train.compile=true")
+    )
+    trainer.fit()
+    assert compiled and trainer.train_step.compiled
+
+
+def test_the_methods_measured_slower_compiled_are_the_ones_kept_eager():
+    """``benchmarks/results/compile_cpu_methods.json``: inpainting 0.90x, split-brain 0.89x,
+    colorization 1.07x (break-even ~2,400 steps); every other image method 1.13-1.44x."""
+    from selfsup.methods import list_methods
+
+    kept = {cls.name for cls in list_methods() if cls.keep_eager_on_cpu}
+    assert kept == {"inpainting", "split_brain", "colorization"}

@@ -119,6 +119,11 @@ class Method(nn.Module):
     """Whether ``train.cpu_replicas`` may run this method as parallel shards
     (:mod:`selfsup.train.replicas`): true only where all its state is parameters and BatchNorm
     statistics (no EMA teacher, queue, centre or buffer that forward or a step hook updates)."""
+    keep_eager_on_cpu: ClassVar[str | None] = None
+    """Why ``train.compile=auto`` leaves this method eager on the CPU, where its compiled fp32
+    step measured slower than its eager one, or too little faster to repay compiling
+    (``benchmarks/bench_compile.py --methods``); None where compiling pays. The reason goes into
+    the run's ``summary.json``."""
     data_layout: ClassVar[str] = "image"
     """What one training item is (:data:`selfsup.data.sources.LAYOUTS`): ``"image"``, ``"clip"``
     (T stacked RGB frames, ``(N, 3 T, H, W)``) or ``"rgbd"`` (RGB + packed depth, ``(N, 5, H,

@@ -102,6 +102,10 @@ class Colorization(LabMethod):
     )
     Config = ColorizationConfig
     input_space = "lab_l"
+    keep_eager_on_cpu = (
+        "its compiled fp32 step measured 1.07x its eager one, repaying the compile only after "
+        "~2,400 steps"
+    )
 
     cfg: ColorizationConfig
 

@@ -230,6 +230,7 @@ class Inpainting(Method):
     )
     Config = InpaintingConfig
     default_augment = "eval"
+    keep_eager_on_cpu = "its compiled fp32 step measured 0.90x its eager one"
 
     cfg: InpaintingConfig
 

@@ -642,7 +642,9 @@ class Trainer:
             tcfg.compile, device, amp_dtype, steps=total_steps, budget_seconds=self.budget_seconds,
             compilations=len({size for _, size in tcfg.view_size_schedule or [(0, None)]}),
             keep_eager=("train.cpu_replicas runs the eager method" if replicas is not None
-                        else "not measured for multi-process runs" if world > 1 else None),
+                        else "not measured for multi-process runs" if world > 1
+                        else f"{method.name}: {method.keep_eager_on_cpu}"
+                        if device.type == "cpu" and method.keep_eager_on_cpu else None),
         )  # fmt: skip
         logger = self._start_run_dir(source, enc_meta, start_step, main, world, device, amp_dtype,
                                      steps_per_epoch, total_steps)  # fmt: skip

@@ -35,3 +35,15 @@ class CrashAt(Callback):
     def on_step_end(self, run, out) -> None:
         if run.step == self.at:
             raise Crash
+
+
+def without_timing(records: list[dict]) -> list[dict]:
+    """A run's ``metrics.jsonl`` records as two runs of one config must log them alike: the
+    ``end`` record (the summary's timings) and ``images_per_second`` dropped, and
+    ``train.compile``'s reason cut to its decision (an ``auto`` reason quotes an eager step's
+    measured time)."""
+    return [
+        {k: v.split(",")[0] if k == "compile" else v for k, v in r.items()
+         if k != "images_per_second"}
+        for r in records if r.get("event") != "end"
+    ]  # fmt: skip

@@ -33,6 +33,24 @@ def _eager_backend_compile(monkeypatch) -> list[object]:
     return compiled
 
 
+def _eager_step_takes(monkeypatch, seconds: float) -> list[int]:
+    """Make the Trainer's timing of an eager step (``_time_eager_step``) report ``seconds``;
+    returns a list that counts its calls."""
+    calls: list[int] = []
+
+    def timed(self, *args, **kwargs):
+        calls.append(1)
+        return seconds
+
+    monkeypatch.setattr(Trainer, "_time_eager_step", timed)
+    return calls
+
+
+LONG = 30.0
+"""An eager step time that makes the 8-step tiny run long enough to compile (240 s >= 200)."""
+ON = "auto: on, fp32 on the CPU for 8 steps of 30 s eager (~240 s)"
+
+
 def _start_record(run_dir) -> dict:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return next(r for r in map(json.loads, lines) if r.get("event") == "start")
@@ -40,42 +58,91 @@ def _start_record(run_dir) -> dict:
 
 def test_auto_compiles_a_long_enough_fp32_cpu_run_and_says_so(tiny_npz, tmp_path, monkeypatch):
     compiled = _eager_backend_compile(monkeypatch)
-    monkeypatch.setattr(precision, "COMPILE_AUTO_MIN_STEPS", 8)  # "long enough" = this run
+    _eager_step_takes(monkeypatch, LONG)  # "long enough" = this run
     out = tmp_path / "run"
     trainer = Trainer(tiny_run_config(tiny_npz, out, *EIGHT_STEPS))
     result = trainer.fit()
     assert result.steps == 8 and compiled  # the method went through torch.compile
     assert trainer.train_step.forward is not trainer.train_step.method
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["compile"] == "auto: on, fp32 on the CPU for 8 steps"
+    assert summary["compile"] == ON
     assert _start_record(out)["compile"] == summary["compile"]
 
 
 @pytest.mark.parametrize(
-    ("extra", "min_steps", "reason"),
+    ("extra", "step_seconds", "timed", "reason"),
     [
-        ([], 1000, "auto: off, 8 steps is shorter than the 1000 steps that repay compiling"),
-        # each view size compiles anew, so two sizes need twice the steps
         (
-            ["train.view_size_schedule=[[0,8],[0.5,16]]"],
-            5,
-            "auto: off, 8 steps is shorter than the 10 steps (2 compilations, one per view size) "
-            "that repay compiling",
+            [], 1.0, True,
+            "auto: off, 8 steps of 1 s eager (~8 s) is shorter than the 200 s that repay "
+            "compiling",
         ),
-        (["train.precision=bf16"], 8, "auto: off with bfloat16 autocast on the CPU"),
-        (["train.compile=false"], 8, "train.compile=false"),
+        # each view size compiles anew, so two sizes need twice the time
+        (
+            ["train.view_size_schedule=[[0,8],[0.5,16]]"], LONG, True,
+            "auto: off, 8 steps of 30 s eager (~240 s) is shorter than the 400 s (2 "
+            "compilations, one per view size) that repay compiling",
+        ),
+        # no step is timed where the run's length cannot matter
+        (["train.precision=bf16"], LONG, False, "auto: off with bfloat16 autocast on the CPU"),
+        (["train.compile=false"], LONG, False, "train.compile=false"),
     ],
-)
+)  # fmt: skip
 def test_runs_that_would_not_repay_it_stay_eager(
-    tiny_npz, tmp_path, monkeypatch, extra, min_steps, reason
+    tiny_npz, tmp_path, monkeypatch, extra, step_seconds, timed, reason
 ):
     compiled = _eager_backend_compile(monkeypatch)
-    monkeypatch.setattr(precision, "COMPILE_AUTO_MIN_STEPS", min_steps)
+    calls = _eager_step_takes(monkeypatch, step_seconds)
     out = tmp_path / "run"
     trainer = Trainer(tiny_run_config(tiny_npz, out, *EIGHT_STEPS, *extra))
     assert trainer.fit().steps == 8
     assert not compiled and trainer.train_step.forward is trainer.train_step.method
     assert json.loads((out / "summary.json").read_text())["compile"] == reason
+    assert bool(calls) is timed
+
+
+def test_timing_an_eager_step_leaves_no_trace(tiny_npz, tmp_path, monkeypatch):
+    """The step ``auto`` times at set-up (forward + backward on a random batch) changes no
+    weight, buffer or random state: the run ends bit-equal to one that times nothing."""
+    from selfsup.methods.simclr import SimCLR
+
+    monkeypatch.setattr(precision, "cpu_compiler_found", lambda: True)  # so auto times a step
+    forward = SimCLR.forward
+
+    def draws_from_the_global_rng(self, *args, **kwargs):  # as dropout would
+        torch.rand(1)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(SimCLR, "forward", draws_from_the_global_rng)
+    Trainer(tiny_run_config(tiny_npz, tmp_path / "auto", *EIGHT_STEPS)).fit()
+    rng_after_timed = torch.get_rng_state()  # the run seeds it; its steps may draw from it
+    reason = json.loads((tmp_path / "auto" / "summary.json").read_text())["compile"]
+    assert reason.startswith("auto: off, 8 steps of ") and " s eager (~" in reason
+    Trainer(
+        tiny_run_config(tiny_npz, tmp_path / "eager", *EIGHT_STEPS, "train.compile=false")
+    ).fit()
+    assert torch.equal(rng_after_timed, torch.get_rng_state())
+    a = load_file(str(tmp_path / "auto" / "encoder.safetensors"))
+    b = load_file(str(tmp_path / "eager" / "encoder.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_resumed_run_follows_its_first_sessions_decision(tiny_npz, tmp_path, monkeypatch):
+    """The decision is in the checkpoint: a resumed session compiles as the first one did,
+    without timing a step again (a new timing could decide otherwise, and the compiled and
+    eager steps differ in rounding)."""
+    compiled = _eager_backend_compile(monkeypatch)
+    calls = _eager_step_takes(monkeypatch, LONG)
+    extra = [*EIGHT_STEPS, "train.checkpoint_every_steps=2"]
+    run = tmp_path / "run"
+    with pytest.raises(Crash):
+        Trainer(tiny_run_config(tiny_npz, run, *extra), callbacks=[CrashAt(5)]).fit()
+    assert len(calls) == 1 and len(compiled) == 1
+    _eager_step_takes(monkeypatch, 0.001)  # would now decide eager
+    trainer = Trainer(tiny_run_config(tiny_npz, run, *extra), resume=True)
+    trainer.fit()
+    assert len(compiled) == 2 and trainer.train_step.compiled
+    assert json.loads((run / "summary.json").read_text())["compile"] == ON
 
 
 @pytest.mark.slow
@@ -109,7 +176,7 @@ def test_a_compiled_run_resumes_exactly(tiny_npz, tmp_path, monkeypatch):
     bit-equal weights to one that was never stopped: the resumed session, with 4 of its 8
     steps left, still compiles (it decides on the whole run; an eager resume of a compiled run
     differs in float rounding) and compiles to the same arithmetic."""
-    monkeypatch.setattr(precision, "COMPILE_AUTO_MIN_STEPS", 8)
+    calls = _eager_step_takes(monkeypatch, LONG)
     extra = [*EIGHT_STEPS, "train.checkpoint_every_steps=2"]
     Trainer(tiny_run_config(tiny_npz, tmp_path / "whole", *extra)).fit()
     run = tmp_path / "resumed"
@@ -117,7 +184,7 @@ def test_a_compiled_run_resumes_exactly(tiny_npz, tmp_path, monkeypatch):
         Trainer(tiny_run_config(tiny_npz, run, *extra), callbacks=[CrashAt(5)]).fit()
     Trainer(tiny_run_config(tiny_npz, run, *extra), resume=True).fit()
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["compile"] == "auto: on, fp32 on the CPU for 8 steps"
+    assert summary["compile"] == ON and len(calls) == 2  # the resumed session did not time
     a = load_file(str(tmp_path / "whole" / "encoder.safetensors"))
     b = load_file(str(run / "encoder.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -165,7 +232,7 @@ def test_auto_falls_back_to_eager_when_compiling_fails(tiny_npz, tmp_path, monke
     eager_out = tmp_path / "eager"
     Trainer(tiny_run_config(tiny_npz, eager_out, *EIGHT_STEPS, "train.compile=false")).fit()
     compiled = _failing_compile(monkeypatch, where)
-    monkeypatch.setattr(precision, "COMPILE_AUTO_MIN_STEPS", 8)
+    _eager_step_takes(monkeypatch, LONG)
     out = tmp_path / "auto"
     trainer = Trainer(tiny_run_config(tiny_npz, out, *EIGHT_STEPS))
     with pytest.warns(RuntimeWarning, match="torch.compile failed .*goes on eager from step 0"):
@@ -173,7 +240,7 @@ def test_auto_falls_back_to_eager_when_compiling_fails(tiny_npz, tmp_path, monke
     assert compiled and trainer.train_step.forward is trainer.train_step.method
     summary = json.loads((out / "summary.json").read_text())
     assert summary["compile"] == (
-        "auto: on, fp32 on the CPU for 8 steps; fell back to eager at step 0: "
+        f"{ON}; fell back to eager at step 0: "
         "_CompileFailure: C++ compile error: Python.h: No such file or directory"
     )
     assert summary["skipped_steps"] == 0
@@ -199,7 +266,7 @@ def test_the_fallback_does_not_hide_an_error_of_the_method_itself(tiny_npz, tmp_
     from selfsup.methods.simclr import SimCLR
 
     _failing_compile(monkeypatch, "forward")
-    monkeypatch.setattr(precision, "COMPILE_AUTO_MIN_STEPS", 8)
+    _eager_step_takes(monkeypatch, LONG)
 
     def broken(self, *args, **kwargs):
         raise ValueError("a bug in the method")
@@ -217,7 +284,7 @@ def test_auto_leaves_a_method_eager_where_its_compiled_step_measured_no_faster(
     from selfsup.methods.simclr import SimCLR
 
     compiled = _eager_backend_compile(monkeypatch)
-    monkeypatch.setattr(precision, "COMPILE_AUTO_MIN_STEPS", 8)
+    calls = _eager_step_takes(monkeypatch, LONG)
     monkeypatch.setattr(SimCLR, "keep_eager_on_cpu", "its compiled step measured 0.9x")
     out = tmp_path / "run"
     trainer = Trainer(tiny_run_config(tiny_npz, out, *EIGHT_STEPS))
@@ -225,6 +292,7 @@ def test_auto_leaves_a_method_eager_where_its_compiled_step_measured_no_faster(
     assert not compiled and trainer.train_step.forward is trainer.train_step.method
     summary = json.loads((out / "summary.json").read_text())
     assert summary["compile"] == "auto: off, simclr: its compiled step measured 0.9x"
+    assert not calls  # nothing to weigh
     # an explicit setting still wins
     trainer = Trainer(
         tiny_run_config(tiny_npz, tmp_path / "forced", *EIGHT_STEPS, "train.compile=true")

@@ -9,12 +9,10 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_runs import Crash, CrashAt, tiny_run_config
+from tiny_runs import Crash, CrashAt, tiny_run_config, without_timing
 
 from selfsup.train import Trainer
 from selfsup.train.metrics_log import read_metrics, rewind_metrics
-
-TIMING = {"images_per_second"}
 
 
 def cfg_for(data, out_dir, *extra):
@@ -23,12 +21,7 @@ def cfg_for(data, out_dir, *extra):
 
 
 def rows_without_timing(run_dir):
-    out = []
-    for row in read_metrics(run_dir):
-        if row.get("event") == "end":
-            continue  # the summary: timing
-        out.append({k: v for k, v in row.items() if k not in TIMING})
-    return out
+    return without_timing(read_metrics(run_dir))
 
 
 def test_rows_logged_after_the_checkpoint_are_dropped_on_resume(tiny_npz, tmp_path):

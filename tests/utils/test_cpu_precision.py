@@ -127,6 +127,36 @@ def test_auto_compile_only_where_it_measured_faster_and_pays_for_itself(
     assert on is expected and why in reason and reason.startswith("auto: ")
 
 
+@pytest.mark.parametrize(
+    ("steps", "step_seconds", "compilations", "expected", "why"),
+    [
+        # a full-width step (~4 s): 100 steps repay compiling, far below 1,000
+        (100, 4.0, 1, True, "auto: on, fp32 on the CPU for 100 steps of 4 s eager (~400 s)"),
+        # the cheapest steps (relative location, ~0.05 s): 2,000 steps do not
+        (2000, 0.05, 1, False, "2000 steps of 0.05 s eager (~100 s) is shorter than the 200 s"),
+        (4000, 0.05, 1, True, "auto: on"),
+        # one compilation per view size
+        (100, 4.0, 4, False, "shorter than the 800 s (4 compilations, one per view size)"),
+    ],
+)
+def test_auto_weighs_a_run_of_steps_by_an_eager_steps_time(
+    monkeypatch, steps, step_seconds, compilations, expected, why
+):
+    monkeypatch.setattr(precision, "cpu_compiler_found", lambda: True)
+    on, reason = precision.use_compile(
+        "auto", CPU, None, steps=steps, step_seconds=step_seconds, compilations=compilations
+    )
+    assert on is expected and why in reason
+
+
+def test_a_budget_outweighs_a_step_time(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_compiler_found", lambda: True)
+    on, reason = precision.use_compile(
+        "auto", CPU, None, steps=10, budget_seconds=900.0, step_seconds=0.001
+    )
+    assert on and "900 s budget" in reason
+
+
 @pytest.mark.parametrize("setting", [True, False, "true", "false"])
 def test_an_explicit_compile_setting_is_obeyed_everywhere(setting):
     wanted = setting in (True, "true")

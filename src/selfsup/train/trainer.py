@@ -66,7 +66,12 @@ from selfsup.utils.io import (
     write_json,
 )
 from selfsup.utils.locks import RunDirLock, RunDirLockedError
-from selfsup.utils.precision import autocast_dtype, use_channels_last, use_compile
+from selfsup.utils.precision import (
+    autocast_dtype,
+    compile_blocked,
+    use_channels_last,
+    use_compile,
+)
 
 
 class ShortRunWarning(UserWarning):
@@ -483,6 +488,10 @@ class Trainer:
                     "segments": self.checkpointed_segments,
                     "metrics_bytes": run.logger.size(),
                     "view_size": self.view_size,
+                    "compile_decision": {  # what a resumed session of an auto run follows
+                        "compiled": self.train_step.compiled,
+                        "reason": self.compile_reason,
+                    },
                     "encoder_ema": (
                         None
                         if self.train_step.encoder_ema is None
@@ -636,15 +645,9 @@ class Trainer:
         )
         start_step, skipped_steps = self._resume(method, optimizer, scaler, main)
         enc_meta = method_encoder_meta(cfg, method, source.num_channels)
-        compiled, self.compile_reason = use_compile(
-            # the whole run's length, so a resumed run decides as the first session did (the
-            # compiled and eager steps differ in float rounding: exact resume needs the same)
-            tcfg.compile, device, amp_dtype, steps=total_steps, budget_seconds=self.budget_seconds,
-            compilations=len({size for _, size in tcfg.view_size_schedule or [(0, None)]}),
-            keep_eager=("train.cpu_replicas runs the eager method" if replicas is not None
-                        else "not measured for multi-process runs" if world > 1
-                        else f"{method.name}: {method.keep_eager_on_cpu}"
-                        if device.type == "cpu" and method.keep_eager_on_cpu else None),
+        compiled, self.compile_reason = self._compile_decision(
+            method, device, amp_dtype, world, replicas, total_steps, num_classes,
+            source.num_channels, image_size,
         )  # fmt: skip
         logger = self._start_run_dir(source, enc_meta, start_step, main, world, device, amp_dtype,
                                      steps_per_epoch, total_steps)  # fmt: skip
@@ -670,6 +673,86 @@ class Trainer:
             steps_per_epoch=steps_per_epoch, total_steps=total_steps, start_step=start_step,
             step=start_step, skipped_steps=skipped_steps,
         )  # fmt: skip
+
+    def _compile_decision(
+        self,
+        method: Method,
+        device: torch.device,
+        amp_dtype: torch.dtype | None,
+        world: int,
+        replicas: CPUReplicas | None,
+        total_steps: int,
+        num_classes: int | None,
+        channels: int,
+        image_size: int,
+    ) -> tuple[bool, str]:
+        """``train.compile``: ``(compile?, why)``
+        (:func:`~selfsup.utils.precision.use_compile`). ``auto`` weighs the run's time: its
+        budget, or its steps times an eager step timed here (:meth:`_time_eager_step`). A
+        resumed run takes the decision its checkpoint recorded (the compiled and eager steps
+        differ in float rounding: an exact resume needs the first session's path)."""
+        tcfg = self.cfg.train
+        recorded = self.resumed_state.get("compile_decision")
+        if tcfg.compile == "auto" and recorded is not None:
+            return bool(recorded["compiled"]), str(recorded["reason"])
+        keep_eager = (
+            "train.cpu_replicas runs the eager method" if replicas is not None
+            else "not measured for multi-process runs" if world > 1
+            else f"{method.name}: {method.keep_eager_on_cpu}"
+            if device.type == "cpu" and method.keep_eager_on_cpu else None
+        )  # fmt: skip
+        step_seconds = None
+        if (
+            tcfg.compile == "auto"
+            and self.budget_seconds is None
+            and compile_blocked(device, amp_dtype, keep_eager) is None
+        ):
+            step_seconds = self._time_eager_step(method, device, num_classes, channels, image_size)
+        return use_compile(
+            tcfg.compile, device, amp_dtype, steps=total_steps,
+            budget_seconds=self.budget_seconds, step_seconds=step_seconds,
+            compilations=len({size for _, size in tcfg.view_size_schedule or [(0, None)]}),
+            keep_eager=keep_eager,
+        )  # fmt: skip
+
+    def _time_eager_step(
+        self,
+        method: Method,
+        device: torch.device,
+        num_classes: int | None,
+        channels: int,
+        image_size: int,
+    ) -> float | None:
+        """Seconds of the method's eager forward + backward on a random uint8 batch of the
+        run's shape (the second of two: the first pays one-off allocations), leaving no trace:
+        gradients cleared, buffers (BatchNorm statistics, queues, centres) and the global RNG
+        as they were. None if the forward fails here (``auto`` then counts steps instead)."""
+        batch = self.cfg.train.batch_size
+        gen = torch.Generator().manual_seed(0)
+        shape = (batch, channels, image_size, image_size)
+        images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen).to(device)
+        labels = None
+        if num_classes:
+            labels = torch.randint(0, num_classes, (batch,), generator=gen).to(device)
+        buffers = [b.detach().clone() for b in method.buffers()]
+        rng = torch.get_rng_state()
+        seconds: float | None = None
+        try:
+            for _ in range(2):
+                started = time.perf_counter()
+                step_gen = torch.Generator(device=device).manual_seed(0)
+                loss, _ = method(images, labels, step_gen, batch, 0)
+                loss.backward()
+                seconds = time.perf_counter() - started
+        except Exception:  # the run's own first step will say what is wrong, if anything
+            seconds = None
+        finally:
+            method.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for buffer, saved in zip(method.buffers(), buffers, strict=True):
+                    buffer.copy_(saved)
+            torch.set_rng_state(rng)
+        return seconds
 
     def _encoder_ema(self, method: Method) -> EMA | None:
         """``train.encoder_ema``: the encoder's weight average, from the resumed checkpoint's

@@ -112,15 +112,18 @@ def use_channels_last(device: torch.device, setting: str | bool) -> bool:
 
 
 COMPILE_AUTO_MIN_STEPS = 1000
-"""``train.compile=auto`` compiles a run planned for at least this many steps per compilation.
+"""Where a run's step time is unknown (:func:`use_compile` without ``step_seconds``),
+``train.compile=auto`` compiles a run planned for at least this many steps per compilation.
 On 2 cores a cold compile costs ~25 s and an fp32 SimCLR step at quarter width and batch 256
-saves ~0.14 s (break-even ~185 steps, ``benchmarks/results/compile_cpu.json``); the margin
-covers smaller networks, whose steps save less."""
+saves ~0.14 s (break-even ~185 steps, ``benchmarks/results/compile_cpu.json``). The Trainer
+times an eager step instead, since break-evens range from 24 steps (full width) to ~3,000
+(the cheapest steps, ``compile_cpu_methods.json``)."""
 
 COMPILE_AUTO_MIN_SECONDS = 200.0
-"""``train.compile=auto`` compiles a time-budgeted run (where the number of steps is not known
-in advance) of at least this many seconds per compilation. With ~25 s per compile and steps
-1.34x faster compiled, compiling pays from ~100 s per compilation; twice that is the margin."""
+"""``train.compile=auto`` compiles a run expected to train at least this many seconds per
+compilation: a time budget, or the planned steps times an eager step's measured time. With
+15-55 s per cold compile and steps 1.13-1.44x faster compiled, compiling pays from ~100-200 s
+per compilation at the typical 1.3x; 200 s is the threshold."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -136,6 +139,22 @@ def cpu_compiler_found() -> bool:
     return True
 
 
+def compile_blocked(
+    device: torch.device, amp_dtype: torch.dtype | None, keep_eager: str | None = None
+) -> str | None:
+    """Why ``train.compile=auto`` leaves a run eager whatever its length (``"auto: off, ..."``),
+    or None where only the run's length decides (fp32 on the CPU, a C++ compiler found)."""
+    if keep_eager is not None:
+        return f"auto: off, {keep_eager}"
+    if device.type != "cpu":
+        return f"auto: off on {device.type} (no gain measured on a GPU)"
+    if amp_dtype is not None:
+        return f"auto: off with {str(amp_dtype).removeprefix('torch.')} autocast on the CPU"
+    if not cpu_compiler_found():
+        return "auto: off, inductor finds no C++ compiler to build CPU kernels with"
+    return None
+
+
 def use_compile(
     setting: bool | str,
     device: torch.device,
@@ -143,6 +162,7 @@ def use_compile(
     *,
     steps: int,
     budget_seconds: float | None = None,
+    step_seconds: float | None = None,
     compilations: int = 1,
     keep_eager: str | None = None,
 ) -> tuple[bool, str]:
@@ -151,8 +171,10 @@ def use_compile(
     ``true`` / ``false`` are obeyed. ``auto`` compiles only where it measured faster and the run
     is long enough to repay the compile time: on the CPU, without autocast (fp32: 1.34-1.40x
     faster steps at quarter and full width; with bf16 autocast the compiled step was
-    0.91-0.98x), for a run of at least :data:`COMPILE_AUTO_MIN_STEPS` steps or, with a time
-    budget, :data:`COMPILE_AUTO_MIN_SECONDS` seconds per compilation. ``compilations`` is how
+    0.91-0.98x), for a run of at least :data:`COMPILE_AUTO_MIN_SECONDS` seconds per compilation:
+    a time budget (``budget_seconds``) or ``steps`` of ``step_seconds`` each (an eager step's
+    measured time); with neither known, :data:`COMPILE_AUTO_MIN_STEPS` steps per compilation.
+    ``compilations`` is how
     many times the run compiles: one per view size of a ``train.view_size_schedule`` (each new
     input shape recompiles, ~25 s each). A CPU without a C++ compiler for inductor
     (:func:`cpu_compiler_found`) stays eager. ``keep_eager`` says why this run should stay eager
@@ -163,19 +185,19 @@ def use_compile(
     if isinstance(setting, bool) or setting in {"true", "false"}:
         on = setting is True or setting == "true"
         return on, f"train.compile={'true' if on else 'false'}"
-    if keep_eager is not None:
-        return False, f"auto: off, {keep_eager}"
-    if device.type != "cpu":
-        return False, f"auto: off on {device.type} (no gain measured on a GPU)"
-    if amp_dtype is not None:
-        return False, f"auto: off with {str(amp_dtype).removeprefix('torch.')} autocast on the CPU"
-    if not cpu_compiler_found():
-        return False, "auto: off, inductor finds no C++ compiler to build CPU kernels with"
+    blocked = compile_blocked(device, amp_dtype, keep_eager)
+    if blocked is not None:
+        return False, blocked
     per = f" ({compilations} compilations, one per view size)" if compilations > 1 else ""
     if budget_seconds is not None:
         needed = COMPILE_AUTO_MIN_SECONDS * compilations
         long_enough = budget_seconds >= needed
         length, threshold = f"a {budget_seconds:g} s budget", f"{needed:g} s{per}"
+    elif step_seconds is not None:
+        needed, seconds = COMPILE_AUTO_MIN_SECONDS * compilations, steps * step_seconds
+        long_enough = seconds >= needed
+        length = f"{steps} steps of {step_seconds:.3g} s eager (~{seconds:.0f} s)"
+        threshold = f"{needed:g} s{per}"
     else:
         needed = COMPILE_AUTO_MIN_STEPS * compilations
         long_enough = steps >= needed

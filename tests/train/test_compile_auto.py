@@ -308,3 +308,28 @@ def test_the_methods_measured_slower_compiled_are_the_ones_kept_eager():
 
     kept = {cls.name for cls in list_methods() if cls.keep_eager_on_cpu}
     assert kept == {"inpainting", "split_brain", "colorization"}
+
+
+@pytest.mark.parametrize(("short_below", "passes"), [(1e9, 1), (0.0, 2)])
+def test_a_run_the_first_timing_shows_too_short_is_timed_once(
+    tiny_npz, tmp_path, monkeypatch, short_below, passes
+):
+    """The first pass overstates the step (one-off allocations): when even it is too short to
+    repay compiling, the second pass is skipped; otherwise the second is the one that counts."""
+    from selfsup.methods.simclr import SimCLR
+    from selfsup.models import build_method
+
+    forward, calls = SimCLR.forward, []
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(SimCLR, "forward", counted)
+    cfg = tiny_run_config(tiny_npz, tmp_path / "run", *EIGHT_STEPS)
+    method = build_method(cfg, 16, 3, 4)
+    seconds = Trainer(cfg)._time_eager_step(
+        method, torch.device("cpu"), 4, 3, 16, short_below=short_below
+    )
+    assert seconds is not None and seconds > 0 and len(calls) == passes
+    assert all(p.grad is None for p in method.parameters())

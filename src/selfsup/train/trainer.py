@@ -67,6 +67,7 @@ from selfsup.utils.io import (
 )
 from selfsup.utils.locks import RunDirLock, RunDirLockedError
 from selfsup.utils.precision import (
+    COMPILE_AUTO_MIN_SECONDS,
     autocast_dtype,
     compile_blocked,
     use_channels_last,
@@ -701,18 +702,21 @@ class Trainer:
             else f"{method.name}: {method.keep_eager_on_cpu}"
             if device.type == "cpu" and method.keep_eager_on_cpu else None
         )  # fmt: skip
+        compilations = len({size for _, size in tcfg.view_size_schedule or [(0, None)]})
         step_seconds = None
         if (
             tcfg.compile == "auto"
             and self.budget_seconds is None
             and compile_blocked(device, amp_dtype, keep_eager) is None
         ):
-            step_seconds = self._time_eager_step(method, device, num_classes, channels, image_size)
+            needed = COMPILE_AUTO_MIN_SECONDS * compilations / max(total_steps, 1)
+            step_seconds = self._time_eager_step(
+                method, device, num_classes, channels, image_size, short_below=needed
+            )
         return use_compile(
             tcfg.compile, device, amp_dtype, steps=total_steps,
             budget_seconds=self.budget_seconds, step_seconds=step_seconds,
-            compilations=len({size for _, size in tcfg.view_size_schedule or [(0, None)]}),
-            keep_eager=keep_eager,
+            compilations=compilations, keep_eager=keep_eager,
         )  # fmt: skip
 
     def _time_eager_step(
@@ -722,11 +726,14 @@ class Trainer:
         num_classes: int | None,
         channels: int,
         image_size: int,
+        short_below: float = 0.0,
     ) -> float | None:
         """Seconds of the method's eager forward + backward on a random uint8 batch of the
-        run's shape (the second of two: the first pays one-off allocations), leaving no trace:
-        gradients cleared, buffers (BatchNorm statistics, queues, centres) and the global RNG
-        as they were. None if the forward fails here (``auto`` then counts steps instead)."""
+        run's shape, leaving no trace: gradients cleared, buffers (BatchNorm statistics,
+        queues, centres) and the global RNG as they were. The first pass pays one-off
+        allocations, so it overstates the step: below ``short_below`` seconds it already says
+        the run is too short to compile and is returned; otherwise a second pass is timed and
+        returned. None if the forward fails here (``auto`` then counts steps instead)."""
         batch = self.cfg.train.batch_size
         gen = torch.Generator().manual_seed(0)
         shape = (batch, channels, image_size, image_size)
@@ -744,6 +751,8 @@ class Trainer:
                 loss, _ = method(images, labels, step_gen, batch, 0)
                 loss.backward()
                 seconds = time.perf_counter() - started
+                if seconds < short_below:
+                    break
         except Exception:  # the run's own first step will say what is wrong, if anything
             seconds = None
         finally:

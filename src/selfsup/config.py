@@ -222,13 +222,13 @@ class TrainConfig(Section):
     compile: bool | Literal["auto"] = "auto"
     """``torch.compile`` the method's forward (inductor). ``auto``: on where it pays for itself
     within the run, which measured so (``benchmarks/bench_compile.py``) only for fp32 on the
-    CPU (1.34-1.40x faster steps, ~25 s per cold compile): a CPU run without autocast in one
-    process without ``train.cpu_replicas``, expected to train at least 200 seconds per
-    compilation (one per size of ``view_size_schedule``): its time budget, or its steps times
-    an eager step the trainer times at set-up. A resumed run follows its first session's
-    decision. Methods whose compiled step measured no faster (``Method.keep_eager_on_cpu``:
-    inpainting, colorization, split-brain) stay eager; a compiled step that fails at run time
-    falls back to eager. Off with bf16
+    CPU (1.13-1.44x faster steps across methods, 15-55 s per cold compile): a CPU run without
+    autocast in one process without ``train.cpu_replicas``, expected to train at least 200
+    seconds per compilation (one per size of ``view_size_schedule``): its time budget, or its
+    steps times an eager step the trainer times at set-up. A resumed run follows its first
+    session's decision. Methods whose compiled step measured no faster
+    (``Method.keep_eager_on_cpu``: inpainting, colorization, split-brain, video colorization)
+    stay eager; a compiled step that fails at run time falls back to eager. Off with bf16
     autocast on a CPU (0.91-0.98x) and on GPUs (no gain measured on an H100); ``true``
     compiles anyway (:func:`selfsup.utils.precision.use_compile`)."""
     grad_clip: float | None = Field(default=None, gt=0)

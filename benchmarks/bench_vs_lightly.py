@@ -118,7 +118,7 @@ def build(args: argparse.Namespace, precision: str, only: str | None = None) -> 
     def train_step_of(m: Any, compiled: bool = False) -> TrainStep:
         """The Trainer's step for ``m`` on the CPU, eager or through ``torch.compile``."""
         return TrainStep(method=m, forward=torch.compile(m) if compiled else m,
-                         optimizer=build_optimizer(m, cfg.train.optimizer, B),
+                         compiled=compiled, optimizer=build_optimizer(m, cfg.train.optimizer, B),
                          scaler=torch.amp.GradScaler("cuda", enabled=False), amp_dtype=amp,
                          device=torch.device("cpu"), seed=0, grad_clip=None,
                          total_steps=10**6)  # fmt: skip

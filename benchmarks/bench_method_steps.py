@@ -351,7 +351,7 @@ def build_bench(
     if cfg.train.max_steps is not None:
         total_steps = min(total_steps, cfg.train.max_steps)
     amp = torch.bfloat16 if bf16 else None
-    compiled = bool(getattr(args, "compile", False))
+    compiled = bool(getattr(args, "compile", False))  # other benchmarks' args lack --compile
     train_step = TrainStep(  # before on_train_start, as the Trainer builds it
         method=method,
         forward=torch.compile(method) if compiled else method,

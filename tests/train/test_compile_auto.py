@@ -334,3 +334,34 @@ def test_a_run_the_first_timing_shows_too_short_is_timed_once(
     )
     assert seconds is not None and seconds > 0 and len(calls) == passes
     assert all(p.grad is None for p in method.parameters())
+
+
+def test_a_method_that_fails_the_timing_is_weighed_by_its_steps(tiny_npz, tmp_path, monkeypatch):
+    """Where the set-up timing cannot run the method (its forward raises there), ``auto``
+    falls back to counting steps and the run trains as usual, its weights untouched by the
+    failed timing."""
+    from selfsup.methods.simclr import SimCLR
+
+    monkeypatch.setattr(precision, "cpu_compiler_found", lambda: True)
+    forward, calls = SimCLR.forward, []
+
+    def fails_first(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("not at set-up")
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(SimCLR, "forward", fails_first)
+    out = tmp_path / "run"
+    assert Trainer(tiny_run_config(tiny_npz, out, *EIGHT_STEPS)).fit().steps == 8
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["compile"] == (
+        "auto: off, 8 steps is shorter than the 1000 steps that repay compiling"
+    )
+    monkeypatch.setattr(SimCLR, "forward", forward)
+    Trainer(
+        tiny_run_config(tiny_npz, tmp_path / "eager", *EIGHT_STEPS, "train.compile=false")
+    ).fit()
+    a = load_file(str(out / "encoder.safetensors"))
+    b = load_file(str(tmp_path / "eager" / "encoder.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

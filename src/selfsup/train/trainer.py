@@ -170,23 +170,7 @@ class TrainStep:
             try:
                 loss, metrics = self._forward_backward(images, labels, seed, global_size, offset)
             except Exception as error:
-                if self.eager_fallback is None:
-                    error.add_note(
-                        f"train.compile=true: the compiled step failed at step {step}; "
-                        "train.compile=false trains eager (auto falls back to eager by itself)"
-                    )
-                    raise
-                self.forward, self.eager_fallback = self.eager_fallback, None
-                first_line = (str(error).strip().splitlines() or [""])[0][:300]
-                self.compile_failure = (
-                    f"fell back to eager at step {step}: {type(error).__name__}: {first_line}"
-                )
-                warnings.warn(
-                    f"train.compile=auto: torch.compile failed ({type(error).__name__}: "
-                    f"{first_line}); the run goes on eager from step {step}",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+                self._fall_back_to_eager(error, step)
                 # redone from the step's seed; a bug of the method itself raises here again
                 loss, metrics = self._forward_backward(images, labels, seed, global_size, offset)
         scaler.unscale_(optimizer)
@@ -209,6 +193,27 @@ class TrainStep:
             decay = encoder_ema_decay(self.encoder_ema.base_momentum, step)
             self.encoder_ema.update({"encoder": self.method.encoder}, step, 0, momentum=decay)
         return loss, metrics, True
+
+    def _fall_back_to_eager(self, error: Exception, step: int) -> None:
+        """The compiled step raised ``error`` at ``step``: with ``eager_fallback``, train eager
+        from here on and say so; without it (``train.compile=true``), re-raise with a note."""
+        if self.eager_fallback is None:
+            error.add_note(
+                f"train.compile=true: the compiled step failed at step {step}; "
+                "train.compile=false trains eager (auto falls back to eager by itself)"
+            )
+            raise error
+        self.forward, self.eager_fallback = self.eager_fallback, None
+        first_line = (str(error).strip().splitlines() or [""])[0][:300]
+        self.compile_failure = (
+            f"fell back to eager at step {step}: {type(error).__name__}: {first_line}"
+        )
+        warnings.warn(
+            f"train.compile=auto: torch.compile failed ({type(error).__name__}: {first_line}); "
+            f"the run goes on eager from step {step}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def _forward_backward(
         self,

@@ -225,8 +225,9 @@ class TrainConfig(Section):
     CPU (1.13-1.44x faster steps across methods, 15-55 s per cold compile): a CPU run without
     autocast in one process without ``train.cpu_replicas``, expected to train at least 200
     seconds per compilation (one per size of ``view_size_schedule``): its time budget, or its
-    steps times an eager step the trainer times at set-up. A resumed run follows its first
-    session's decision. Methods whose compiled step measured no faster
+    steps times an eager step the trainer times at set-up (at each scheduled view size,
+    weighted by how long it lasts). A resumed run follows its first session's decision (eager
+    after a fall-back). Methods whose compiled step measured no faster
     (``Method.keep_eager_on_cpu``: inpainting, colorization, split-brain, video colorization)
     stay eager; a compiled step that fails at run time falls back to eager. Off with bf16
     autocast on a CPU (0.91-0.98x) and on GPUs (no gain measured on an H100); ``true``

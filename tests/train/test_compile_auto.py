@@ -101,9 +101,14 @@ def test_runs_that_would_not_repay_it_stay_eager(
     assert bool(calls) is timed
 
 
-def test_timing_an_eager_step_leaves_no_trace(tiny_npz, tmp_path, monkeypatch):
-    """The step ``auto`` times at set-up (forward + backward on a random batch) changes no
-    weight, buffer or random state: the run ends bit-equal to one that times nothing."""
+VIEW_SIZES = "train.view_size_schedule=[[0,8],[0.5,12],[0.75,16]]"
+
+
+@pytest.mark.parametrize("schedule", [(), (VIEW_SIZES,)], ids=["one size", "view sizes"])
+def test_timing_an_eager_step_leaves_no_trace(tiny_npz, tmp_path, monkeypatch, schedule):
+    """The step ``auto`` times at set-up (forward + backward on a random batch, at each size of
+    a view-size schedule) changes no weight, buffer, view size or random state: the run ends
+    bit-equal to one that times nothing."""
     from selfsup.methods.simclr import SimCLR
 
     monkeypatch.setattr(precision, "cpu_compiler_found", lambda: True)  # so auto times a step
@@ -114,17 +119,54 @@ def test_timing_an_eager_step_leaves_no_trace(tiny_npz, tmp_path, monkeypatch):
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(SimCLR, "forward", draws_from_the_global_rng)
-    Trainer(tiny_run_config(tiny_npz, tmp_path / "auto", *EIGHT_STEPS)).fit()
+    Trainer(tiny_run_config(tiny_npz, tmp_path / "auto", *EIGHT_STEPS, *schedule)).fit()
     rng_after_timed = torch.get_rng_state()  # the run seeds it; its steps may draw from it
     reason = json.loads((tmp_path / "auto" / "summary.json").read_text())["compile"]
     assert reason.startswith("auto: off, 8 steps of ") and " s eager (~" in reason
     Trainer(
-        tiny_run_config(tiny_npz, tmp_path / "eager", *EIGHT_STEPS, "train.compile=false")
+        tiny_run_config(
+            tiny_npz, tmp_path / "eager", *EIGHT_STEPS, *schedule, "train.compile=false"
+        )
     ).fit()
     assert torch.equal(rng_after_timed, torch.get_rng_state())
     a = load_file(str(tmp_path / "auto" / "encoder.safetensors"))
     b = load_file(str(tmp_path / "eager" / "encoder.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_view_size_schedule_is_timed_at_each_size_by_the_share_of_the_run_it_lasts(
+    tiny_npz, tmp_path, monkeypatch
+):
+    """With progressive resizing the run's eager time is not its steps times a full-size step:
+    each size is timed and weighs by how long it lasts; the views are left at the size the
+    run is at. Here a fake clock makes a step cost its view's area."""
+    from selfsup.methods.simclr import SimCLR
+    from selfsup.train import trainer as trainer_module
+
+    trainer = Trainer(
+        tiny_run_config(tiny_npz, tmp_path / "run", *EIGHT_STEPS, VIEW_SIZES, "train.compile=false")
+    )
+    trainer.fit()
+    assert trainer.view_size == 16
+    clock, size = [0.0], {}
+    set_view_size, forward = SimCLR.set_view_size, SimCLR.forward
+
+    def recorded(self, s):
+        size["now"] = s
+        set_view_size(self, s)
+
+    def costs_its_area(self, *args, **kwargs):
+        clock[0] += size["now"] ** 2
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(SimCLR, "set_view_size", recorded)
+    monkeypatch.setattr(SimCLR, "forward", costs_its_area)
+    monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: clock[0])
+    method = trainer.train_step.method
+    trainer.view_size = 12  # as a session resumed in the 12 px phase would be
+    seconds = trainer._time_eager_step(method, torch.device("cpu"), None, 3, 16)
+    assert seconds == pytest.approx(0.5 * 8**2 + 0.25 * 12**2 + 0.25 * 16**2)
+    assert size["now"] == 12  # the views are where the run is
 
 
 def test_a_resumed_run_follows_its_first_sessions_decision(tiny_npz, tmp_path, monkeypatch):
@@ -246,6 +288,31 @@ def test_auto_falls_back_to_eager_when_compiling_fails(tiny_npz, tmp_path, monke
     assert summary["skipped_steps"] == 0
     a = load_file(str(eager_out / "encoder.safetensors"))
     b = load_file(str(out / "encoder.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_that_fell_back_to_eager_resumes_eager(tiny_npz, tmp_path, monkeypatch):
+    """The checkpoint records the fall-back: a resumed session trains eager from its first step
+    (it does not compile, and fail, again), says why in its summary, and ends at the weights of
+    an unbroken eager run."""
+    eager_out = tmp_path / "eager"
+    Trainer(tiny_run_config(tiny_npz, eager_out, *EIGHT_STEPS, "train.compile=false")).fit()
+    compiled = _failing_compile(monkeypatch, "forward")
+    _eager_step_takes(monkeypatch, LONG)
+    extra = [*EIGHT_STEPS, "train.checkpoint_every_steps=2"]
+    run = tmp_path / "run"
+    with pytest.raises(Crash), pytest.warns(RuntimeWarning, match="goes on eager from step 0"):
+        Trainer(tiny_run_config(tiny_npz, run, *extra), callbacks=[CrashAt(5)]).fit()
+    assert len(compiled) == 1
+    trainer = Trainer(tiny_run_config(tiny_npz, run, *extra), resume=True)
+    trainer.fit()
+    assert len(compiled) == 1 and not trainer.train_step.compiled
+    assert json.loads((run / "summary.json").read_text())["compile"] == (
+        f"{ON}; fell back to eager at step 0: "
+        "_CompileFailure: C++ compile error: Python.h: No such file or directory"
+    )
+    a = load_file(str(eager_out / "encoder.safetensors"))
+    b = load_file(str(run / "encoder.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

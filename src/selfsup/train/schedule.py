@@ -71,3 +71,19 @@ def set_lr(optimizer: torch.optim.Optimizer, peak: float, multiplier: float) -> 
     for group in optimizer.param_groups:
         group["lr"] = (peak if group.get("fixed_lr") else lr) * group.get("lr_scale", 1.0)
     return lr
+
+
+def view_size_phases(
+    schedule: list[tuple[float, int]] | None,
+) -> list[tuple[float, int | None]]:
+    """A ``train.view_size_schedule`` (``[[start fraction, size], ...]`` from 0) as the share
+    of the run each view size lasts: ``[(share, size), ...]`` with the shares summing to 1, one
+    entry per distinct size (a size the schedule returns to adds up). Without a schedule,
+    ``[(1.0, None)]``: the views keep their size for the whole run."""
+    if not schedule:
+        return [(1.0, None)]
+    shares: dict[int, float] = {}
+    ends = [f for f, _ in schedule[1:]] + [1.0]
+    for (start, size), end in zip(schedule, ends, strict=True):
+        shares[size] = shares.get(size, 0.0) + end - start
+    return [(share, size) for size, share in shares.items()]

@@ -53,7 +53,7 @@ from selfsup.train.callbacks import collapse_reason as collapse_reason  # live i
 from selfsup.train.metrics_log import MetricsLogger, rewind_metrics
 from selfsup.train.optim import build_optimizer, peak_lr
 from selfsup.train.replicas import CPUReplicas
-from selfsup.train.schedule import LRSchedule, Progress
+from selfsup.train.schedule import LRSchedule, Progress, view_size_phases
 from selfsup.train.signals import StopRequest
 from selfsup.utils import distributed as dist_utils
 from selfsup.utils.allocator import heap_cache
@@ -494,10 +494,7 @@ class Trainer:
                     "segments": self.checkpointed_segments,
                     "metrics_bytes": run.logger.size(),
                     "view_size": self.view_size,
-                    "compile_decision": {  # what a resumed session of an auto run follows
-                        "compiled": self.train_step.compiled,
-                        "reason": self.compile_reason,
-                    },
+                    "compile_decision": self._compile_record(),  # a resumed run follows it
                     "encoder_ema": (
                         None
                         if self.train_step.encoder_ema is None
@@ -567,8 +564,7 @@ class Trainer:
                 "elapsed_seconds": self.elapsed(),
                 "time_budget_minutes": cfg.train.time_budget_minutes,
                 "encoder_ema": cfg.train.encoder_ema,
-                "compile": self.compile_reason  # this session's train.compile decision
-                + (f"; {failed}" if (failed := self.train_step.compile_failure) else ""),
+                "compile": self._compile_record()["reason"],
                 "images_per_second": rate,
                 "images_seen": run.step * cfg.train.batch_size,
                 "skipped_steps": run.skipped_steps,
@@ -724,6 +720,17 @@ class Trainer:
             compilations=compilations, keep_eager=keep_eager,
         )  # fmt: skip
 
+    def _compile_record(self) -> dict[str, Any]:
+        """The ``train.compile`` decision as the run stands now, for its checkpoints and
+        summary: ``{"compiled": bool, "reason": str}``. After a fall-back to eager the run is
+        eager and the reason says where and why, so a resumed session trains eager from the
+        start instead of compiling (and failing) again."""
+        failed = self.train_step.compile_failure
+        return {
+            "compiled": self.train_step.compiled and failed is None,
+            "reason": self.compile_reason + (f"; {failed}" if failed else ""),
+        }
+
     def _time_eager_step(
         self,
         method: Method,
@@ -735,10 +742,13 @@ class Trainer:
     ) -> float | None:
         """Seconds of the method's eager forward + backward on a random uint8 batch of the
         run's shape, leaving no trace: gradients cleared, buffers (BatchNorm statistics,
-        queues, centres) and the global RNG as they were. The first pass pays one-off
-        allocations, so it overstates the step: below ``short_below`` seconds it already says
-        the run is too short to compile and is returned; otherwise a second pass is timed and
-        returned. None if the forward fails here (``auto`` then counts steps instead)."""
+        queues, centres), the views' size and the global RNG as they were. With a
+        ``train.view_size_schedule`` it is the mean over the run's steps: each view size is
+        timed and weighs by the fraction of the run it lasts (a 12 px step costs a fraction
+        of a 32 px one). The first pass pays one-off allocations, so it overstates the step:
+        below ``short_below`` seconds it already says the run is too short to compile and is
+        returned; otherwise a second pass is timed and returned. None if the forward fails here
+        (``auto`` then counts steps instead)."""
         batch = self.cfg.train.batch_size
         gen = torch.Generator().manual_seed(0)
         shape = (batch, channels, image_size, image_size)
@@ -746,16 +756,21 @@ class Trainer:
         labels = None
         if num_classes:
             labels = torch.randint(0, num_classes, (batch,), generator=gen).to(device)
+        phases = view_size_phases(self.cfg.train.view_size_schedule)
         buffers = [b.detach().clone() for b in method.buffers()]
         rng = torch.get_rng_state()
         seconds: float | None = None
         try:
             for _ in range(2):
-                started = time.perf_counter()
-                step_gen = torch.Generator(device=device).manual_seed(0)
-                loss, _ = method(images, labels, step_gen, batch, 0)
-                loss.backward()
-                seconds = time.perf_counter() - started
+                seconds = 0.0
+                for share, size in phases:
+                    if size is not None:
+                        method.set_view_size(size)
+                    started = time.perf_counter()
+                    step_gen = torch.Generator(device=device).manual_seed(0)
+                    loss, _ = method(images, labels, step_gen, batch, 0)
+                    loss.backward()
+                    seconds += share * (time.perf_counter() - started)
                 if seconds < short_below:
                     break
         except Exception:  # the run's own first step will say what is wrong, if anything
@@ -765,6 +780,8 @@ class Trainer:
             with torch.no_grad():
                 for buffer, saved in zip(method.buffers(), buffers, strict=True):
                     buffer.copy_(saved)
+            if phases[0][1] is not None:  # the views as the loop expects them
+                method.set_view_size(self.view_size or phases[0][1])
             torch.set_rng_state(rng)
         return seconds
 

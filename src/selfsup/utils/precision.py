@@ -173,7 +173,8 @@ def use_compile(
     faster steps at quarter and full width; with bf16 autocast the compiled step was
     0.91-0.98x), for a run of at least :data:`COMPILE_AUTO_MIN_SECONDS` seconds per compilation:
     a time budget (``budget_seconds``) or ``steps`` of ``step_seconds`` each (an eager step's
-    measured time); with neither known, :data:`COMPILE_AUTO_MIN_STEPS` steps per compilation.
+    measured time; with a view-size schedule, its mean over the run's sizes); with neither
+    known, :data:`COMPILE_AUTO_MIN_STEPS` steps per compilation.
     ``compilations`` is how
     many times the run compiles: one per view size of a ``train.view_size_schedule`` (each new
     input shape recompiles, ~25 s each). A CPU without a C++ compiler for inductor

@@ -22,10 +22,13 @@ Run alone on an idle machine: the budget is wall-clock time.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,8 @@ from selfsup.config import load_config, resolve_recipe
 from selfsup.speedrun import run_speedrun, speedrun_recipe
 
 HOLDOUT = 5000
+SEARCH_PROTOCOL = (f"CIFAR-10 train minus a class-balanced holdout of {HOLDOUT} images, "
+                   "kNN@200/20 (t=0.1) with the held-out images as queries")  # fmt: skip
 RESULTS = Path("benchmarks/results")
 
 
@@ -45,6 +50,20 @@ def _save(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2))
     tmp.replace(path)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[dict[str, Any]]:
+    """The JSON log at ``path``, read under an exclusive lock (``path`` + ``.lock``) and saved
+    when the block ends. A search runs its rows in pairs, side by side: two processes that
+    finish together must each add their row to what the other wrote, not to the log as it was
+    when they started."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = _load(path)
+        yield data
+        _save(path, data)
 
 
 def _fields(record: dict[str, Any]) -> dict[str, Any]:
@@ -72,11 +91,10 @@ def search(args: argparse.Namespace) -> None:
     if "online_knn_top1" in row:  # train.encoder_ema: the same run's trained weights
         row["val_online_knn_top1"] = row.pop("online_knn_top1")
         row["val_online_knn20_top1"] = row.pop("online_knn20_top1")
-    data["rows"].append(row)
-    data["protocol"] = (f"CIFAR-10 train minus a class-balanced holdout of {HOLDOUT} images, "
-                        "kNN@200/20 (t=0.1) with the held-out images as queries")  # fmt: skip
-    data["machine"] = {"cpu": record["cpu"], "torch": record["torch"]}
-    _save(path, data)
+    with _locked(path) as data:  # as it is now: the row run beside this one may be in it
+        data["rows"].append(row)
+        data["protocol"] = SEARCH_PROTOCOL
+        data["machine"] = {"cpu": record["cpu"], "torch": record["torch"]}
     print(json.dumps(row))
 
 
@@ -121,14 +139,14 @@ def final(args: argparse.Namespace) -> None:
                 continue
             out = Path(args.runs) / f"final_{name}"
             record = run_speedrun(minutes, out, seed=seed, linear=args.linear)
-            data["rows"].append({"name": name, "minutes": minutes, "recipe_digest": digest,
-                                 **_fields(record)})  # fmt: skip
-            data["machine"] = {"cpu": record["cpu"], "torch": record["torch"]}
-            data["summary"] = summarize(data["rows"])
-            _save(path, data)
+            with _locked(path) as data:  # another final may have added rows meanwhile
+                data["rows"].append({"name": name, "minutes": minutes, "recipe_digest": digest,
+                                     **_fields(record)})  # fmt: skip
+                data["machine"] = {"cpu": record["cpu"], "torch": record["torch"]}
+                data["summary"] = summarize(data["rows"])
             print(json.dumps(data["rows"][-1]))
-    data["summary"] = summarize(data["rows"])
-    _save(path, data)
+    with _locked(path) as data:
+        data["summary"] = summarize(data["rows"])
     for s in data["summary"]:
         print(s)
 

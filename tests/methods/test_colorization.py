@@ -23,7 +23,13 @@ from selfsup.methods.colorization import (
     soft_encode,
     soft_encode_dense,
 )
-from selfsup.methods.lab_pretext import GridIndex, _nearest_all, _SoftCrossEntropy, top1_hits
+from selfsup.methods.lab_pretext import (
+    GridIndex,
+    _nearest_all,
+    _SoftCrossEntropy,
+    soft_cross_entropy_and_hits,
+    top1_hits,
+)
 
 MEAN, STD = (0.5,) * 3, (0.25,) * 3
 
@@ -406,3 +412,26 @@ def test_top1_hits_counts_a_tie_for_the_top_as_a_hit():
     idx = torch.tensor([1, 1]).view(2, 1, 1)  # bin 1 ties for the top in both pixels
     assert top1_hits(logits, idx).view(-1).tolist() == [True, True]
     assert top1_hits(logits, torch.tensor([2, 0]).view(2, 1, 1)).view(-1).tolist() == [False, False]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_soft_cross_entropy_in_chunks_equals_one_pass_over_the_batch(monkeypatch, dtype):
+    """Chunks of pixel rows (with a shorter last one) give bit-equal losses, hits and
+    gradients to a single chunk over the whole batch: each row's arithmetic is the same."""
+    g = torch.Generator().manual_seed(4)
+    logits = (torch.randn(3, 17, 5, 7, generator=g) * 3).to(dtype)
+    logits = logits.contiguous(memory_format=torch.channels_last)
+    idx = torch.randint(0, 17, (3, 4, 5, 7), generator=g)
+    w = torch.rand(3, 4, 5, 7, generator=g)
+    pixel = torch.rand(3, 5, 7, generator=g)
+
+    def run(chunk: int) -> tuple[torch.Tensor, ...]:
+        monkeypatch.setattr(_SoftCrossEntropy, "CHUNK", chunk)
+        x = logits.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            loss, hits = soft_cross_entropy_and_hits(x, idx, w, pixel)
+        loss.backward()
+        return loss.detach(), hits, x.grad
+
+    whole, chunked = run(10_000), run(8)  # 105 pixel rows: 13 chunks of 8 and one of 1
+    assert all(torch.equal(a, b) for a, b in zip(whole, chunked, strict=True))

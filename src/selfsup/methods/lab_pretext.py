@@ -224,10 +224,22 @@ class _SoftCrossEntropy(torch.autograd.Function):
 
     The work runs on one contiguous row of Q bins per pixel, in float32 (float64 stays
     float64): channels-last logits are read in place (one copy permutes NCHW ones), the softmax
-    is torch's fused kernel reading the logits' own dtype, the log-sum-exp comes from its
-    largest probability (``lse = max - log p_max``, with ``p_max >= 1 / Q``), and the gradient
-    goes back in the logits' dtype as a channels-last view. On a (128, 261, 16, 16) CPU batch
-    this is ~2x faster than the same sums over the strided channel dimension."""
+    is torch's fused kernel, the log-sum-exp comes from its largest probability (``lse = max -
+    log p_max``, with ``p_max >= 1 / Q``), and the gradient goes back in the logits' dtype as a
+    channels-last view.
+
+    Memory traffic, not arithmetic, is what these passes cost on a CPU (a (128, 261, 16, 16)
+    batch has 34 MB of float32 rows per full-size temporary), so both passes go through the
+    pixels :attr:`CHUNK` rows at a time: each chunk's float32 temporaries stay in cache, and
+    the backward recomputes its chunk's softmax from the saved logits instead of keeping a
+    softmax of the logits' size between the passes. Row by row the arithmetic is the
+    unchunked one, so the values and gradients are too."""
+
+    CHUNK = 8192
+    """Pixel rows per chunk (8192 x 261 float32: 8.6 MB). Forward + backward on colorization's
+    (128, 261, 16, 16) logits, 2 threads (``benchmarks/bench_lab_loss.py``): bf16 11.5 ms,
+    fp32 9.0 ms; 1,024-16,384 rows are within 1.2 ms of that, one chunk of the whole batch
+    takes 15-16 ms."""
 
     @staticmethod
     def forward(ctx: Any, logits: Tensor, idx: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
@@ -236,15 +248,19 @@ class _SoftCrossEntropy(torch.autograd.Function):
         rows = _pixel_rows(logits)  # (P, Q): a view of channels-last logits
         idx_rows = _pixel_rows(idx)  # (P, k)
         w_rows = _pixel_rows(weights, work)
-        top = rows.amax(1, keepdim=True).to(work)
-        picked = rows.gather(1, idx_rows).to(work)
-        hits = picked[:, 0] >= top[:, 0]
-        probs = torch.softmax(rows, 1, dtype=work)  # one fused pass, read in the logits' dtype
-        # the largest probability is exp(top - lse) >= 1 / Q: its log is well conditioned
-        lse = top - probs.amax(1, keepdim=True).log()
         mass = w_rows.sum(1, keepdim=True)
-        ce = lse * mass - (picked * w_rows).sum(1, keepdim=True)
-        ctx.save_for_backward(probs, mass, idx_rows, w_rows)
+        ce = torch.empty_like(mass)
+        hits = torch.empty(len(rows), dtype=torch.bool, device=rows.device)
+        for part in _chunks(len(rows), _SoftCrossEntropy.CHUNK):
+            r = rows[part]
+            top = r.amax(1, keepdim=True).to(work)
+            picked = r.gather(1, idx_rows[part]).to(work)
+            hits[part] = picked[:, 0] >= top[:, 0]
+            probs = torch.softmax(r, 1, dtype=work)
+            # the largest probability is exp(top - lse) >= 1 / Q: its log is well conditioned
+            lse = top - probs.amax(1, keepdim=True).log()
+            ce[part] = lse * mass[part] - (picked * w_rows[part]).sum(1, keepdim=True)
+        ctx.save_for_backward(rows, mass, idx_rows, w_rows)
         ctx.logits_shape, ctx.logits_dtype = (n, q, h, w), logits.dtype
         ctx.mark_non_differentiable(hits)
         return ce.view(n, h, w), hits.view(n, h, w)
@@ -252,12 +268,23 @@ class _SoftCrossEntropy(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor, _grad_hits: None) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        probs, mass, idx_rows, w_rows = ctx.saved_tensors
-        g = grad.reshape(-1, 1).to(probs.dtype)
-        grad_rows = (probs * (mass * g)).scatter_add_(1, idx_rows, w_rows * -g)
+        rows, mass, idx_rows, w_rows = ctx.saved_tensors
+        g = grad.reshape(-1, 1).to(mass.dtype)
         n, q, h, w = ctx.logits_shape
-        grad_logits = grad_rows.view(n, h, w, q).permute(0, 3, 1, 2)
-        return grad_logits.to(ctx.logits_dtype), None, None
+        out = torch.empty((n, h, w, q), dtype=ctx.logits_dtype, device=rows.device)
+        out_rows = out.view(-1, q)
+        for part in _chunks(len(rows), _SoftCrossEntropy.CHUNK):
+            probs = torch.softmax(rows[part], 1, dtype=mass.dtype)
+            gp = g[part]
+            probs.mul_(mass[part] * gp).scatter_add_(1, idx_rows[part], w_rows[part] * -gp)
+            out_rows[part] = probs  # cast to the logits' dtype on the way
+        return out.permute(0, 3, 1, 2), None, None
+
+
+def _chunks(total: int, size: int) -> Iterator[slice]:
+    """Slices of ``range(total)`` of ``size`` (the last one shorter)."""
+    for start in range(0, total, size):
+        yield slice(start, min(start + size, total))
 
 
 @full_precision

@@ -227,11 +227,12 @@ class TrainConfig(Section):
     seconds per compilation (one per size of ``view_size_schedule``): its time budget, or its
     steps times an eager step the trainer times at set-up (at each scheduled view size,
     weighted by how long it lasts). A resumed run follows its first session's decision (eager
-    after a fall-back). Methods whose compiled step measured no faster
-    (``Method.keep_eager_on_cpu``: inpainting, colorization, split-brain, video colorization)
-    stay eager; a compiled step that fails at run time falls back to eager. Off with bf16
-    autocast on a CPU (0.91-0.98x) and on GPUs (no gain measured on an H100); ``true``
-    compiles anyway (:func:`selfsup.utils.precision.use_compile`)."""
+    after a fall-back; a checkpoint that predates recorded decisions counts steps). Methods
+    whose compiled step measured no faster (``Method.keep_eager_on_cpu``: inpainting,
+    colorization, split-brain, video colorization) stay eager; a compiled step that fails at
+    run time falls back to eager. Off with bf16 autocast on a CPU (0.91-0.98x) and on GPUs
+    (no gain measured on an H100); ``true`` compiles anyway
+    (:func:`selfsup.utils.precision.use_compile`)."""
     grad_clip: float | None = Field(default=None, gt=0)
     encoder_ema: float | None = Field(default=None, gt=0, lt=1)
     """Keep an exponential moving average of the encoder's weights with this decay per

@@ -187,6 +187,39 @@ def test_a_resumed_run_follows_its_first_sessions_decision(tiny_npz, tmp_path, m
     assert json.loads((run / "summary.json").read_text())["compile"] == ON
 
 
+def test_a_checkpoint_without_a_recorded_decision_resumes_by_counting_steps(
+    tiny_npz, tmp_path, monkeypatch
+):
+    """A checkpoint written before decisions were recorded: the resumed session does not time
+    a step (a timing could decide otherwise than the first session did), it counts steps as
+    the code that wrote the checkpoint did, and ends bit-equal to an unbroken run."""
+    eager_out = tmp_path / "eager"
+    Trainer(tiny_run_config(tiny_npz, eager_out, *EIGHT_STEPS, "train.compile=false")).fit()
+    compiled = _eager_backend_compile(monkeypatch)
+    _eager_step_takes(monkeypatch, 0.001)  # the first session: too short, eager
+    extra = [*EIGHT_STEPS, "train.checkpoint_every_steps=2"]
+    run = tmp_path / "run"
+    with pytest.raises(Crash):
+        Trainer(tiny_run_config(tiny_npz, run, *extra), callbacks=[CrashAt(5)]).fit()
+    checkpoint = run / "checkpoints" / "step_00000004"
+    state = torch.load(checkpoint / "train_state.pt", weights_only=True)
+    del state["compile_decision"]  # as the code before the record wrote it
+    torch.save(state, checkpoint / "train_state.pt")
+    meta = json.loads((checkpoint / "meta.json").read_text())
+    meta["files"]["train_state.pt"] = (checkpoint / "train_state.pt").stat().st_size
+    (checkpoint / "meta.json").write_text(json.dumps(meta))
+    calls = _eager_step_takes(monkeypatch, LONG)  # a timing now would compile
+    trainer = Trainer(tiny_run_config(tiny_npz, run, *extra), resume=True)
+    trainer.fit()
+    assert not calls and not compiled and not trainer.train_step.compiled
+    assert json.loads((run / "summary.json").read_text())["compile"] == (
+        "auto: off, 8 steps is shorter than the 1000 steps that repay compiling"
+    )
+    a = load_file(str(eager_out / "encoder.safetensors"))
+    b = load_file(str(run / "encoder.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not precision.cpu_compiler_found(), reason="inductor needs a C++ compiler")
 def test_a_compiled_fp32_run_trains_the_same_network_as_an_eager_one(tiny_npz, tmp_path):

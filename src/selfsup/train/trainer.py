@@ -692,7 +692,8 @@ class Trainer:
         (:func:`~selfsup.utils.precision.use_compile`). ``auto`` weighs the run's time: its
         budget, or its steps times an eager step timed here (:meth:`_time_eager_step`). A
         resumed run takes the decision its checkpoint recorded (the compiled and eager steps
-        differ in float rounding: an exact resume needs the first session's path)."""
+        differ in float rounding: an exact resume needs the first session's path); one whose
+        checkpoint predates recorded decisions counts steps, as the code that wrote it did."""
         tcfg = self.cfg.train
         recorded = self.resumed_state.get("compile_decision")
         if tcfg.compile == "auto" and recorded is not None:
@@ -705,9 +706,13 @@ class Trainer:
         )  # fmt: skip
         compilations = len({size for _, size in tcfg.view_size_schedule or [(0, None)]})
         step_seconds = None
+        # resumed without a recorded decision: a checkpoint written before decisions were
+        # recorded, whose code counted steps; so does this session, and the resume stays exact
+        predates_records = bool(self.resumed_state)
         if (
             tcfg.compile == "auto"
             and self.budget_seconds is None
+            and not predates_records
             and compile_blocked(device, amp_dtype, keep_eager) is None
         ):
             needed = COMPILE_AUTO_MIN_SECONDS * compilations / max(total_steps, 1)

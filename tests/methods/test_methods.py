@@ -84,7 +84,9 @@ def test_simclr_positive_retrieval_metric():
     assert 0.0 <= a < 1.0
 
 
-@pytest.mark.parametrize("name", ["simclr", "barlow_twins", "vicreg"])
+@pytest.mark.parametrize(
+    "name", ["simclr", "barlow_twins", "vicreg", "moco_v2", "moco_v3", "byol", "simsiam"]
+)
 def test_crop_scale_sets_the_views_crop_and_survives_resizing(name):
     from selfsup.augment.transforms import RandomResizedCrop
 

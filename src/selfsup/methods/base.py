@@ -160,6 +160,12 @@ class Method(nn.Module):
         self.steps_per_epoch = 1
         """Optimizer steps per epoch; the trainer sets it through :meth:`on_train_start`."""
 
+    def narrow_view_crops(self, scale: tuple[float, float] | None) -> None:
+        """``crop_scale`` of a two-view method (:class:`TwoViewConfig`): the views' random
+        crop takes areas in ``scale`` from now on; None keeps the pipeline's own."""
+        if scale is not None:
+            self.pipeline = recrop_pipeline(self.pipeline, self.image_size, scale)
+
     def set_view_size(self, size: int) -> None:
         """Make the training views ``size`` pixels from now on (progressive resizing,
         ``train.view_size_schedule``): the pipeline's random crop keeps its area range and
@@ -286,16 +292,13 @@ class PositiveRetrieval:
         return {"positive_retrieval_top1": float(contrastive_accuracy(z1, z2, target))}
 
 
-class ProjectorConfig(MethodConfig):
-    """``method_args`` of a method with one projection MLP on the encoder; each method sets its
-    published defaults."""
+class TwoViewConfig(MethodConfig):
+    """``method_args`` every two-view method shares (SimCLR, Barlow Twins, VICReg, MoCo v2 /
+    v3, BYOL, SimSiam): the area range of its views' random crop."""
 
-    proj_hidden_dim: int = Field(default=2048, gt=0)
-    proj_out_dim: int = Field(default=128, gt=0)
-    proj_layers: int = Field(default=2, ge=1)
     crop_scale: tuple[float, float] | None = None
     """Area range of the two views' random crop; None keeps the pipeline's own (0.08-1 for
-    the SimCLR presets). Progressive resizing keeps it."""
+    the SimCLR presets). Progressive resizing keeps it (:meth:`Method.narrow_view_crops`)."""
 
     @field_validator("crop_scale")
     @classmethod
@@ -303,6 +306,15 @@ class ProjectorConfig(MethodConfig):
         if value is not None and not 0.0 < value[0] <= value[1] <= 1.0:
             raise ValueError(f"must be (min, max) areas with 0 < min <= max <= 1, got {value}")
         return value
+
+
+class ProjectorConfig(TwoViewConfig):
+    """``method_args`` of a method with one projection MLP on the encoder; each method sets its
+    published defaults."""
+
+    proj_hidden_dim: int = Field(default=2048, gt=0)
+    proj_out_dim: int = Field(default=128, gt=0)
+    proj_layers: int = Field(default=2, ge=1)
 
 
 class ProjectorMethod(PositiveRetrieval, Method):
@@ -316,8 +328,7 @@ class ProjectorMethod(PositiveRetrieval, Method):
 
     def __init__(self, encoder: Backbone, cfg: ProjectorConfig, **kwargs: Any) -> None:
         super().__init__(encoder, cfg, **kwargs)
-        if cfg.crop_scale is not None:
-            self.pipeline = recrop_pipeline(self.pipeline, self.image_size, cfg.crop_scale)
+        self.narrow_view_crops(cfg.crop_scale)
         self.projector = ProjectionHead(
             encoder.feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim, cfg.proj_layers
         )

@@ -16,12 +16,12 @@ from torch import Tensor
 
 from selfsup.heads import ProjectionHead
 from selfsup.losses import normalized_mse
-from selfsup.methods.base import Method, MethodConfig, PositiveRetrieval, StepResult
+from selfsup.methods.base import Method, PositiveRetrieval, StepResult, TwoViewConfig
 from selfsup.methods.momentum import EMA
 from selfsup.methods.monitor import collapse_metrics
 
 
-class BYOLConfig(MethodConfig):
+class BYOLConfig(TwoViewConfig):
     proj_hidden_dim: int = Field(default=4096, gt=0)
     proj_out_dim: int = Field(default=256, gt=0)
     pred_hidden_dim: int = Field(default=4096, gt=0)
@@ -42,6 +42,7 @@ class BYOL(PositiveRetrieval, Method):
 
     def __init__(self, encoder, cfg: BYOLConfig, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(encoder, cfg, **kwargs)
+        self.narrow_view_crops(cfg.crop_scale)
         self.projector = ProjectionHead(
             encoder.feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim, num_layers=2
         )

@@ -51,13 +51,18 @@ from torch import Tensor, nn
 from selfsup.errors import ConfigError
 from selfsup.heads import ProjectionHead
 from selfsup.losses import info_nce
-from selfsup.methods.base import Method, MethodConfig, StepResult, contrastive_accuracy
+from selfsup.methods.base import (
+    Method,
+    StepResult,
+    TwoViewConfig,
+    contrastive_accuracy,
+)
 from selfsup.methods.momentum import EMA
 from selfsup.methods.monitor import collapse_metrics
 from selfsup.utils.distributed import gather_no_grad, get_rank, get_world_size
 
 
-class MoCoV2Config(MethodConfig):
+class MoCoV2Config(TwoViewConfig):
     temperature: float = Field(default=0.2, gt=0)
     """Softmax temperature (v2: 0.2; MoCo v1: 0.07)."""
     queue_size: int = Field(default=4096, gt=0)
@@ -75,7 +80,7 @@ class MoCoV2Config(MethodConfig):
     enqueued, so K must be a multiple of twice the global batch). Off in v2."""
 
 
-class MoCoV3Config(MethodConfig):
+class MoCoV3Config(TwoViewConfig):
     temperature: float = Field(default=0.2, gt=0)
     """Softmax temperature (0.2 for ViT and for CIFAR; the official ResNet-50 ImageNet
     runs use 1.0)."""
@@ -96,8 +101,9 @@ class _MoCo(Method):
     default_augment = "simclr_cifar"
     cfg: Any
 
-    def __init__(self, encoder, cfg: MethodConfig, **kwargs: Any) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, encoder, cfg: TwoViewConfig, **kwargs: Any) -> None:  # type: ignore[no-untyped-def]
         super().__init__(encoder, cfg, **kwargs)
+        self.narrow_view_crops(cfg.crop_scale)
         self.projector = self._build_projector(encoder.feature_dim)
         self.key = EMA(self._online(), cfg.base_momentum, cfg.momentum_schedule)  # type: ignore[attr-defined]
 

@@ -15,11 +15,11 @@ from torch import Tensor
 
 from selfsup.heads import ProjectionHead
 from selfsup.losses import negative_cosine
-from selfsup.methods.base import Method, MethodConfig, PositiveRetrieval, StepResult
+from selfsup.methods.base import Method, PositiveRetrieval, StepResult, TwoViewConfig
 from selfsup.methods.monitor import collapse_metrics
 
 
-class SimSiamConfig(MethodConfig):
+class SimSiamConfig(TwoViewConfig):
     proj_hidden_dim: int = Field(default=2048, gt=0)
     proj_out_dim: int = Field(default=2048, gt=0)
     proj_layers: int = Field(default=3, ge=1)
@@ -42,6 +42,7 @@ class SimSiam(PositiveRetrieval, Method):
 
     def __init__(self, encoder, cfg: SimSiamConfig, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(encoder, cfg, **kwargs)
+        self.narrow_view_crops(cfg.crop_scale)
         self.projector = ProjectionHead(
             encoder.feature_dim,
             cfg.proj_hidden_dim,

@@ -704,7 +704,7 @@ class Trainer:
             else f"{method.name}: {method.keep_eager_on_cpu}"
             if device.type == "cpu" and method.keep_eager_on_cpu else None
         )  # fmt: skip
-        compilations = len({size for _, size in tcfg.view_size_schedule or [(0, None)]})
+        compilations = len(view_size_phases(tcfg.view_size_schedule))  # one per view size
         step_seconds = None
         # resumed without a recorded decision: a checkpoint written before decisions were
         # recorded, whose code counted steps; so does this session, and the resume stays exact

@@ -174,9 +174,8 @@ def use_compile(
     0.91-0.98x), for a run of at least :data:`COMPILE_AUTO_MIN_SECONDS` seconds per compilation:
     a time budget (``budget_seconds``) or ``steps`` of ``step_seconds`` each (an eager step's
     measured time; with a view-size schedule, its mean over the run's sizes); with neither
-    known, :data:`COMPILE_AUTO_MIN_STEPS` steps per compilation.
-    ``compilations`` is how
-    many times the run compiles: one per view size of a ``train.view_size_schedule`` (each new
+    known, :data:`COMPILE_AUTO_MIN_STEPS` steps per compilation. ``compilations`` is how many
+    times the run compiles: one per view size of a ``train.view_size_schedule`` (each new
     input shape recompiles, ~25 s each). A CPU without a C++ compiler for inductor
     (:func:`cpu_compiler_found`) stays eager. ``keep_eager`` says why this run should stay eager
     whatever its length (``auto`` then stays off; e.g. ``train.cpu_replicas``, whose caller

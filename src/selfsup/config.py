@@ -166,7 +166,9 @@ class OptimizerConfig(Section):
 
 
 class ScheduleConfig(Section):
-    name: Literal["cosine", "constant"] = "cosine"
+    name: Literal["cosine", "linear", "constant"] = "cosine"
+    """The decay after the warm-up: ``cosine``; ``linear`` (straight to the floor, the
+    schedule budgeted training favours: Li, Yumer & Ramanan, ICLR 2020); ``constant``."""
     warmup_epochs: float = Field(default=0.0, ge=0)
     warmup_fraction: float | None = Field(default=None, ge=0, lt=1)
     """Warm-up as a fraction of the whole run; overrides ``warmup_epochs``. Under a time budget

@@ -34,8 +34,9 @@ class Progress:
 
 @dataclass(frozen=True)
 class LRSchedule:
-    """Learning rate = ``peak`` x a linear warm-up over ``warmup`` units, then a cosine decay
-    to ``cfg.final_lr_fraction`` of the peak at the end (or constant, ``cfg.name``)."""
+    """Learning rate = ``peak`` x a linear warm-up over ``warmup`` units, then a decay to
+    ``cfg.final_lr_fraction`` of the peak at the end: cosine, linear, or none (constant),
+    by ``cfg.name``."""
 
     cfg: ScheduleConfig
     peak: float
@@ -51,6 +52,8 @@ class LRSchedule:
         span = max(1, total - warmup)
         decay = min(1.0, (done - warmup) / span)
         floor = self.cfg.final_lr_fraction
+        if self.cfg.name == "linear":
+            return floor + (1 - floor) * (1 - decay)
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * decay))
 
     def apply(self, optimizer: torch.optim.Optimizer, progress: Progress) -> float:

@@ -435,3 +435,37 @@ def test_the_soft_cross_entropy_in_chunks_equals_one_pass_over_the_batch(monkeyp
 
     whole, chunked = run(10_000), run(8)  # 105 pixel rows: 13 chunks of 8 and one of 1
     assert all(torch.equal(a, b) for a, b in zip(whole, chunked, strict=True))
+
+
+def test_bf16_logits_reach_the_bin_loss_without_a_float32_copy(monkeypatch):
+    """Under bf16 autocast the decoder's bf16 logits go into the loss as they are (each chunk
+    is converted in cache) and their gradient comes back in bf16, with the same loss, hits and
+    gradient as a float32 copy of them would give (bf16 -> float32 is exact; the float32
+    gradient is rounded to bf16 once either way). A float32 copy of the whole logits tensor,
+    as ``full_precision`` made, would show as a 4-byte allocation of its size (chunks of 16
+    rows keep the loss's own float32 temporaries far smaller)."""
+    monkeypatch.setattr(_SoftCrossEntropy, "CHUNK", 16)
+    g = torch.Generator().manual_seed(5)
+    logits = (torch.randn(4, 37, 6, 6, generator=g) * 3).to(torch.bfloat16)
+    logits = logits.contiguous(memory_format=torch.channels_last)
+    idx = torch.randint(0, 37, (4, 5, 6, 6), generator=g)
+    w = torch.rand(4, 5, 6, 6, generator=g)
+    pixel = torch.rand(4, 6, 6, generator=g)
+
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, hits = soft_cross_entropy_and_hits(x, idx, w, pixel)
+        loss.backward()
+        return loss.detach(), hits, x.grad
+
+    as_is, via_float = run(logits), run(logits.float())
+    assert as_is[2].dtype == torch.bfloat16 and via_float[2].dtype == torch.float32
+    assert torch.equal(as_is[0], via_float[0]) and torch.equal(as_is[1], via_float[1])
+    assert torch.equal(as_is[2], via_float[2].to(torch.bfloat16))
+
+    with torch.profiler.profile(profile_memory=True) as prof:
+        run(logits)
+    allocated = [e.cpu_memory_usage for e in prof.events() if e.name.startswith("aten::empty")]
+    assert logits.numel() * 2 in allocated  # the bf16 gradient: the check sees allocations
+    assert logits.numel() * 4 not in allocated

@@ -132,8 +132,10 @@ class Colorization(LabMethod):
         ).build(h)
 
     def predict(self, lab: Tensor) -> Tensor:
-        """Lab (N, 3, S, S) -> the decoder's output (N, Q or 2, h, h) float32 from L alone."""
-        return self.decoder(spatial_features(self.encoder, self.encoder_input(lab))).float()
+        """Lab (N, 3, S, S) -> the decoder's output (N, Q or 2, h, h) from L alone, in the
+        autocast dtype (the bin loss reads bf16 logits as they are; the regression loss and
+        the decoding work in float32)."""
+        return self.decoder(spatial_features(self.encoder, self.encoder_input(lab)))
 
     def decode_ab(self, out: Tensor) -> Tensor:
         """Decoder output -> ab (N, 2, h, h) in ab units (annealed mean or regression)."""

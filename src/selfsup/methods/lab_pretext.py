@@ -287,16 +287,26 @@ def _chunks(total: int, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, total))
 
 
-@full_precision
 def soft_cross_entropy_and_hits(
     logits: Tensor, idx: Tensor, weights: Tensor, pixel_weights: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """:func:`soft_cross_entropy` and, from the same pass, the (N, H, W) bool
-    :func:`top1_hits` of the first target bin ``idx[:, 0]`` (the nearest one)."""
-    ce, hits = _SoftCrossEntropy.apply(logits, idx, weights)
-    if pixel_weights is not None:
-        ce = ce * pixel_weights
-    return ce.mean(), hits
+    :func:`top1_hits` of the first target bin ``idx[:, 0]`` (the nearest one).
+
+    In float32 with autocast off, as :func:`~selfsup.losses.precision.full_precision` runs a
+    loss, except that bf16 / fp16 logits (a decoder's output under autocast) are not copied to
+    float32 first: :class:`_SoftCrossEntropy` converts them chunk by chunk, in cache, and hands
+    their gradient back in their dtype. The float32 copy of the logits, the largest tensor of
+    the step, and its cast back in the backward were two full passes over memory; the values
+    and gradients are the same (bf16 -> float32 is exact, and the gradient is rounded to bf16
+    once either way)."""
+    if logits.dtype not in (torch.bfloat16, torch.float16):
+        logits = logits.float()
+    with torch.autocast(logits.device.type, enabled=False):
+        ce, hits = _SoftCrossEntropy.apply(logits, idx, weights.float())
+        if pixel_weights is not None:
+            ce = ce * pixel_weights.float()
+        return ce.mean(), hits
 
 
 def soft_cross_entropy(

@@ -116,17 +116,18 @@ class SplitBrain(LabMethod):
     # --- model -----------------------------------------------------------------------------
     def predict(self, lab: Tensor) -> tuple[Tensor, Tensor]:
         """Lab (N, 3, S, S) -> decoder outputs (ab from L: (N, Q_ab or 2, h, h); L from ab:
-        (N, Q_L or 1, h, h)), float32."""
+        (N, Q_L or 1, h, h)), in the autocast dtype (the bin losses read bf16 logits as they
+        are; the regression loss and the decoding work in float32)."""
         x_l, x_ab = self.encoder.split(self.encoder_input(lab))
-        out_ab = self.ab_decoder(spatial_features(self.encoder.branches[0], x_l)).float()
-        out_l = self.l_decoder(spatial_features(self.encoder.branches[1], x_ab)).float()
+        out_ab = self.ab_decoder(spatial_features(self.encoder.branches[0], x_l))
+        out_l = self.l_decoder(spatial_features(self.encoder.branches[1], x_ab))
         return out_ab, out_l
 
     def decode(self, out_ab: Tensor, out_l: Tensor) -> tuple[Tensor, Tensor]:
         """Decoder outputs -> (ab (N, 2, h, h) in ab units, L (N, 1, h, h) in L units)."""
         if self.ab_bins is not None and self.l_bins is not None:
             return self.ab_bins.decode(out_ab), self.l_bins.decode(out_l)
-        return out_ab * AB_SCALE, out_l * L_SCALE + L_CENTER
+        return out_ab.float() * AB_SCALE, out_l.float() * L_SCALE + L_CENTER
 
     def losses(
         self, out_ab: Tensor, out_l: Tensor, lab: Tensor, update_prior: bool

@@ -155,16 +155,13 @@ class Method(nn.Module):
         self.mean, self.std = mean, std
         self.num_classes = num_classes
         self.pipeline = build_pipeline(augment or self.default_augment, image_size, mean, std)
+        if isinstance(cfg, TwoViewConfig) and cfg.crop_scale is not None:
+            # every two-view method's ``crop_scale``: the area range of its views' crop
+            self.pipeline = recrop_pipeline(self.pipeline, image_size, cfg.crop_scale)
         self.memory_format = torch.contiguous_format
         self.register_forward_pre_hook(check_training_batch, with_kwargs=True)
         self.steps_per_epoch = 1
         """Optimizer steps per epoch; the trainer sets it through :meth:`on_train_start`."""
-
-    def narrow_view_crops(self, scale: tuple[float, float] | None) -> None:
-        """``crop_scale`` of a two-view method (:class:`TwoViewConfig`): the views' random
-        crop takes areas in ``scale`` from now on; None keeps the pipeline's own."""
-        if scale is not None:
-            self.pipeline = recrop_pipeline(self.pipeline, self.image_size, scale)
 
     def set_view_size(self, size: int) -> None:
         """Make the training views ``size`` pixels from now on (progressive resizing,
@@ -298,7 +295,8 @@ class TwoViewConfig(MethodConfig):
 
     crop_scale: tuple[float, float] | None = None
     """Area range of the two views' random crop; None keeps the pipeline's own (0.08-1 for
-    the SimCLR presets). Progressive resizing keeps it (:meth:`Method.narrow_view_crops`)."""
+    the SimCLR presets). Progressive resizing keeps it. :class:`Method` applies it to
+    any method whose config is a ``TwoViewConfig``."""
 
     @field_validator("crop_scale")
     @classmethod
@@ -328,7 +326,6 @@ class ProjectorMethod(PositiveRetrieval, Method):
 
     def __init__(self, encoder: Backbone, cfg: ProjectorConfig, **kwargs: Any) -> None:
         super().__init__(encoder, cfg, **kwargs)
-        self.narrow_view_crops(cfg.crop_scale)
         self.projector = ProjectionHead(
             encoder.feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim, cfg.proj_layers
         )

@@ -42,7 +42,6 @@ class BYOL(PositiveRetrieval, Method):
 
     def __init__(self, encoder, cfg: BYOLConfig, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(encoder, cfg, **kwargs)
-        self.narrow_view_crops(cfg.crop_scale)
         self.projector = ProjectionHead(
             encoder.feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim, num_layers=2
         )

@@ -103,7 +103,6 @@ class _MoCo(Method):
 
     def __init__(self, encoder, cfg: TwoViewConfig, **kwargs: Any) -> None:  # type: ignore[no-untyped-def]
         super().__init__(encoder, cfg, **kwargs)
-        self.narrow_view_crops(cfg.crop_scale)
         self.projector = self._build_projector(encoder.feature_dim)
         self.key = EMA(self._online(), cfg.base_momentum, cfg.momentum_schedule)  # type: ignore[attr-defined]
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import json
 import statistics
@@ -34,6 +33,7 @@ from typing import Any
 
 from selfsup.config import load_config, resolve_recipe
 from selfsup.speedrun import run_speedrun, speedrun_recipe
+from selfsup.utils.locks import exclusive_lock
 
 HOLDOUT = 5000
 SEARCH_PROTOCOL = (f"CIFAR-10 train minus a class-balanced holdout of {HOLDOUT} images, "
@@ -58,9 +58,7 @@ def _locked(path: Path) -> Iterator[dict[str, Any]]:
     when the block ends. A search runs its rows in pairs, side by side: two processes that
     finish together must each add their row to what the other wrote, not to the log as it was
     when they started."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(path.with_name(path.name + ".lock")):
         data = _load(path)
         yield data
         _save(path, data)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from selfsup.config import OptimizerConfig, ScheduleConfig
-from selfsup.train.optim import LARS, build_optimizer, lr_at, split_decay_groups
+from selfsup.train.optim import LAMB, LARS, build_optimizer, lr_at, split_decay_groups
 
 
 def _model():
@@ -22,7 +22,7 @@ def test_norms_and_biases_get_no_weight_decay():
     assert groups[1]["weight_decay"] == 0.0
 
 
-@pytest.mark.parametrize("name", ["sgd", "lars", "adamw"])
+@pytest.mark.parametrize("name", ["sgd", "lars", "adamw", "lamb"])
 def test_optimizers_build_with_scaled_lr_and_step(name):
     m = _model()
     opt = build_optimizer(m, OptimizerConfig(name=name, base_lr=0.1), global_batch_size=512)
@@ -40,6 +40,45 @@ def test_lars_update_uses_trust_ratio():
     opt.step()
     trust = 0.01 * 4.0 / 1.0  # ||w|| = 4, ||g|| = 1
     assert torch.allclose(w.detach(), torch.full((4,), 2.0 - trust * 0.5))
+
+
+def test_lamb_step_is_lr_times_the_weight_norm_along_adams_direction():
+    w = nn.Parameter(torch.full((4,), 2.0))
+    w.grad = torch.full((4,), 0.5)
+    opt = LAMB([w], lr=0.1, weight_decay=0.0)
+    opt.step()
+    # first step: Adam's direction is g / |g| = 1 per entry (||u|| = 2), ||w|| = 4, so the
+    # trust ratio is 2 and each entry moves by 0.1 * 2 * 1
+    assert torch.allclose(w.detach(), torch.full((4,), 1.8), atol=1e-5)
+
+
+def test_lamb_step_scales_with_the_weights_not_the_gradient():
+    torch.manual_seed(0)
+    moved = []
+    for w_scale, g_scale in [(1.0, 1.0), (10.0, 1.0), (1.0, 1000.0)]:
+        w = nn.Parameter(torch.linspace(-1, 1, 8) * w_scale)
+        opt = LAMB([w], lr=0.01, weight_decay=0.0)
+        start = w.detach().clone()
+        for k in range(3):
+            w.grad = torch.sin(torch.arange(8.0) + k) * g_scale
+            opt.step()
+        moved.append(torch.linalg.vector_norm(w.detach() - start).item())
+    assert moved[1] == pytest.approx(10 * moved[0], rel=1e-4)  # 10x the weights: 10x the step
+    assert moved[2] == pytest.approx(moved[0], rel=1e-4)  # 1000x the gradient: the same step
+
+
+def test_lamb_excluded_group_matches_adam():
+    torch.manual_seed(0)
+    a = nn.Parameter(torch.randn(5))
+    b = nn.Parameter(a.detach().clone())
+    lamb = LAMB([{"params": [a], "lars_exclude": True}], lr=0.05)
+    adam = torch.optim.Adam([b], lr=0.05, eps=1e-6)
+    for _ in range(4):
+        g = torch.randn(5)
+        a.grad, b.grad = g.clone(), g.clone()
+        lamb.step()
+        adam.step()
+    assert torch.allclose(a.detach(), b.detach(), atol=1e-6)
 
 
 def test_warmup_then_cosine_schedule():

@@ -1,4 +1,4 @@
-"""Optimizers (SGD, LARS, AdamW) and their peak learning rate (the schedule is in
+"""Optimizers (SGD, LARS, AdamW, LAMB) and their peak learning rate (the schedule is in
 :mod:`selfsup.train.schedule`)."""
 
 from __future__ import annotations
@@ -70,6 +70,63 @@ class LARS(torch.optim.Optimizer):
                 else:
                     state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
                 p.add_(state["momentum_buffer"], alpha=-group["lr"])
+        return loss
+
+
+class LAMB(torch.optim.Optimizer):
+    """Adam with layer-wise adaptive step sizes (You et al., ICLR 2020, Algorithm 2).
+
+    Per parameter tensor ``w`` with gradient ``g`` at step ``t``: Adam's bias-corrected moments
+    give the direction ``r = m_hat / (sqrt(v_hat) + eps)``; decoupled weight decay adds
+    ``wd * w`` (``u = r + wd * w``); the step is ``lr * (||w|| / ||u||) * u``, so every layer
+    moves by about ``lr`` times its own norm whatever the scale of its gradient. Where
+    ``||w||`` or ``||u||`` is zero the ratio is 1 (plain AdamW-style step). Groups with
+    ``lars_exclude=True`` (norms and biases, see :func:`split_decay_groups`) take the
+    unscaled step ``lr * u``, as LARS leaves them to plain SGD.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict],
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        eps: float = 1e-6,
+    ) -> None:
+        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, eps=eps, lars_exclude=False)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                m_hat = m / (1 - beta1 ** state["step"])
+                v_hat = v / (1 - beta2 ** state["step"])
+                update = m_hat / (v_hat.sqrt() + group["eps"])
+                if group["weight_decay"] != 0:
+                    update.add_(p, alpha=group["weight_decay"])
+                if group["lars_exclude"]:
+                    p.add_(update, alpha=-group["lr"])
+                    continue
+                w_norm = torch.linalg.vector_norm(p)
+                u_norm = torch.linalg.vector_norm(update)
+                trust = torch.where(
+                    (w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm)
+                )
+                p.add_(update * trust, alpha=-group["lr"])
         return loss
 
 
@@ -154,6 +211,8 @@ def build_optimizer(
         for g in groups:
             g.pop("lars_exclude", None)
         return torch.optim.AdamW(groups, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.name == "lamb":
+        return LAMB(groups, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     return LARS(
         groups,
         lr=lr,

@@ -150,8 +150,8 @@ class BackboneConfig(Section):
 class OptimizerConfig(Section):
     name: Literal["sgd", "lars", "adamw", "lamb"] = "sgd"
     """``sgd`` (with momentum), ``lars`` (layer-wise trust ratio on SGD), ``adamw``, ``lamb``
-    (layer-wise trust ratio on Adam; ``lr`` is then about the relative change of each
-    layer's weights per step, e.g. 5e-3)."""
+    (layer-wise trust ratio on Adam; ``lr`` is then the relative change of each layer's
+    weights per step: 0.015-0.03 was best for the speedrun's SimCLR, BENCHMARKS.md)."""
     lr: float | None = Field(default=None, gt=0)
     """Absolute peak learning rate. When None, ``base_lr * global_batch / 256``."""
     base_lr: float = Field(default=0.3, gt=0)

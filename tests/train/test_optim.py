@@ -52,6 +52,15 @@ def test_lamb_step_is_lr_times_the_weight_norm_along_adams_direction():
     assert torch.allclose(w.detach(), torch.full((4,), 1.8), atol=1e-5)
 
 
+def test_lamb_adds_decoupled_weight_decay_to_adams_direction():
+    w = nn.Parameter(torch.tensor([1.0, 3.0]))
+    w.grad = torch.tensor([0.5, 0.5])
+    LAMB([w], lr=0.1, weight_decay=1.0).step()
+    # Adam's direction r = [1, 1]; u = r + 1.0 * w = [2, 4]; trust ||w|| / ||u|| = sqrt(10 / 20)
+    expected = torch.tensor([1.0, 3.0]) - 0.1 * (10 / 20) ** 0.5 * torch.tensor([2.0, 4.0])
+    assert torch.allclose(w.detach(), expected, atol=1e-5)
+
+
 def test_lamb_step_scales_with_the_weights_not_the_gradient():
     torch.manual_seed(0)
     moved = []

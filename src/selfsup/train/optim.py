@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -10,6 +11,16 @@ from torch import Tensor, nn
 
 from selfsup.config import OptimizerConfig
 from selfsup.train.schedule import lr_at, set_lr  # noqa: F401  (they lived here)
+
+
+def norm_ratio(p: Tensor, u: Tensor, coefficient: float = 1.0, eps: float = 0.0) -> Tensor:
+    """The layer-wise trust ratio of LARS and LAMB: ``coefficient * ||p|| / (||u|| + eps)``
+    for a parameter tensor ``p`` and its update direction ``u``, or 1 where either norm is 0
+    (a 0-d tensor, so the step needs no host sync)."""
+    p_norm, u_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(u)
+    return torch.where(
+        (p_norm > 0) & (u_norm > 0), coefficient * p_norm / (u_norm + eps), torch.ones_like(p_norm)
+    )
 
 
 class LARS(torch.optim.Optimizer):
@@ -54,13 +65,7 @@ class LARS(torch.optim.Optimizer):
                 if group["weight_decay"] != 0:
                     grad = grad.add(p, alpha=group["weight_decay"])
                 if not group["lars_exclude"]:
-                    w_norm = torch.linalg.vector_norm(p)
-                    g_norm = torch.linalg.vector_norm(grad)
-                    trust = torch.where(
-                        (w_norm > 0) & (g_norm > 0),
-                        group["trust_coefficient"] * w_norm / (g_norm + group["eps"]),
-                        torch.ones_like(w_norm),
-                    )
+                    trust = norm_ratio(p, grad, group["trust_coefficient"], group["eps"])
                     if group["clip"]:
                         trust = torch.clamp(trust / group["lr"], max=1.0)
                     grad = grad * trust
@@ -110,23 +115,17 @@ class LAMB(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
                 state["step"] += 1
-                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
                 m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
                 v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                m_hat = m / (1 - beta1 ** state["step"])
-                v_hat = v / (1 - beta2 ** state["step"])
-                update = m_hat / (v_hat.sqrt() + group["eps"])
+                # r = m_hat / (sqrt(v_hat) + eps), the bias corrections folded into scalars
+                denom = v.sqrt().div_(math.sqrt(1 - beta2**t)).add_(group["eps"])
+                update = m.div(denom).div_(1 - beta1**t)
                 if group["weight_decay"] != 0:
                     update.add_(p, alpha=group["weight_decay"])
-                if group["lars_exclude"]:
-                    p.add_(update, alpha=-group["lr"])
-                    continue
-                w_norm = torch.linalg.vector_norm(p)
-                u_norm = torch.linalg.vector_norm(update)
-                trust = torch.where(
-                    (w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm)
-                )
-                p.add_(update * trust, alpha=-group["lr"])
+                if not group["lars_exclude"]:
+                    update.mul_(norm_ratio(p, update))
+                p.add_(update, alpha=-group["lr"])
         return loss
 
 

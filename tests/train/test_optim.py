@@ -5,7 +5,14 @@ import torch
 from torch import nn
 
 from selfsup.config import OptimizerConfig, ScheduleConfig
-from selfsup.train.optim import LAMB, LARS, build_optimizer, lr_at, split_decay_groups
+from selfsup.train.optim import (
+    LAMB,
+    LARS,
+    build_optimizer,
+    lr_at,
+    norm_ratio,
+    split_decay_groups,
+)
 
 
 def _model():
@@ -59,6 +66,18 @@ def test_lamb_adds_decoupled_weight_decay_to_adams_direction():
     # Adam's direction r = [1, 1]; u = r + 1.0 * w = [2, 4]; trust ||w|| / ||u|| = sqrt(10 / 20)
     expected = torch.tensor([1.0, 3.0]) - 0.1 * (10 / 20) ** 0.5 * torch.tensor([2.0, 4.0])
     assert torch.allclose(w.detach(), expected, atol=1e-5)
+
+
+def test_trust_ratio_falls_back_to_one_where_a_norm_is_zero():
+    p, u = torch.tensor([3.0, 4.0]), torch.tensor([0.0, 2.0])
+    assert norm_ratio(p, u, coefficient=0.5).item() == pytest.approx(0.5 * 5.0 / 2.0)
+    assert norm_ratio(torch.zeros(2), u).item() == 1.0
+    assert norm_ratio(p, torch.zeros(2)).item() == 1.0
+    # so a zero-initialised layer still moves, by the plain step, and never turns NaN
+    w = nn.Parameter(torch.zeros(2))
+    w.grad = torch.tensor([0.5, -0.5])
+    LAMB([w], lr=0.1).step()
+    assert torch.allclose(w.detach(), torch.tensor([-0.1, 0.1]), atol=1e-5)
 
 
 def test_lamb_step_scales_with_the_weights_not_the_gradient():
